@@ -1,0 +1,143 @@
+"""The ``cbmir`` command line: thin subcommands over library code.
+
+Each subcommand parses its flags and calls one library function; errors a user can fix
+are printed as one line (``cbmir: error: ...``) with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("cbmir")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from models.train import TrainArgs, train
+
+    args = TrainArgs(
+        data=str(a.data), out=str(a.out), split_csv=str(a.split_csv) if a.split_csv else None,
+        epochs=a.epochs, image_size=a.image_size, channels=a.channels, batch_size=a.batch_size,
+        lr=a.lr, seed=a.seed, device=a.device, patience=a.patience, progress=not a.no_progress,
+    )
+    res = train(args)
+    m = res.config.metrics
+    sys.stdout.write(
+        f"saved {res.out_dir}: best epoch {res.best_epoch}, val accuracy "
+        f"{m['val_accuracy']:.4f}, {res.seconds:.0f}s\n"
+    )
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from models.evaluate import run_evaluation
+
+    report = run_evaluation(
+        Path(a.model), Path(a.data), Path(a.split_csv) if a.split_csv else None, Path(a.out),
+        device=a.device, max_queries=a.max_queries, progress=not a.no_progress,
+    )
+    if a.record:
+        from models.evaluate import record_in_model_card
+
+        record_in_model_card(Path(a.model), Path(a.out))
+    c, r = report["classification"], report["retrieval"]
+    sys.stdout.write(
+        f"accuracy {c['accuracy']:.4f}  macro-F1 {c['macro_f1']:.4f}  "
+        f"mAP all {r['all']['map']:.4f}  mAP predicted {r['predicted']['map']:.4f}  "
+        f"-> {a.out}/report.md\n"
+    )
+    return 0
+
+
+def cmd_index(a: argparse.Namespace) -> int:
+    from app.bulk import index_folder
+    from app.config import load_settings
+
+    summary = index_folder(Path(a.folder), load_settings(), progress=not a.no_progress)
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from app.config import load_settings
+    from app.server import run_server
+
+    run_server(load_settings(), host=a.host, port=a.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cbmir", description="Content-based medical image retrieval.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a CNN from scratch on an image-folder data set")
+    t.add_argument("--data", required=True, type=Path, help="folder with one sub-folder per class")
+    t.add_argument("--split-csv", type=Path, help="CSV with path,label,split (default: made here)")
+    t.add_argument("--out", required=True, type=Path, help="output model directory")
+    t.add_argument("--epochs", type=int, help="default: from the data set's size (4-40)")
+    t.add_argument("--image-size", type=int, help="default: from the images (32-128 px)")
+    t.add_argument("--channels", type=int, choices=(1, 3), help="default: 3 if any image is colour")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="classification and retrieval figures on a test split")
+    e.add_argument("--model", required=True, type=Path)
+    e.add_argument("--data", required=True, type=Path)
+    e.add_argument("--split-csv", type=Path)
+    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--max-queries", type=int, help="evaluate on a seeded subset of queries")
+    e.add_argument("--record", action="store_true",
+                   help="also write the figures into the model's config and model card")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser("index", help="bulk-add a folder of images to the service's data directory")
+    i.add_argument("folder", type=Path,
+                   help="class sub-folders (label = folder name) or a flat folder (label predicted)")
+    i.add_argument("--no-progress", action="store_true")
+    i.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("serve", help="run the REST service")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        sys.stderr.write("cbmir: interrupted\n")
+        return 130
+    except (ValueError, OSError) as e:
+        # Domain errors (DatasetError, CheckpointError, settings errors, decode errors) are
+        # ValueErrors with one-line messages; OSError covers unreadable paths.
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.stderr.write(f"cbmir: error: {msg}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

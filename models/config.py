@@ -1,0 +1,61 @@
+"""The self-describing model configuration stored beside the weights (``config.json``).
+
+Everything needed to rebuild the network and to preprocess an image lives here, so
+``load(path)`` needs nothing else (the nanoGPT/timm habit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class ModelConfig(BaseModel):
+    """Architecture, input contract and provenance of one trained model."""
+
+    format_version: int = FORMAT_VERSION
+    arch: str = "cbmir-cnn"
+    name: str = "cbmir"
+    in_channels: int = Field(ge=1, le=3)
+    image_size: int = Field(ge=16, le=1024)
+    class_names: list[str] = Field(min_length=2)
+    mean: list[float]
+    std: list[float]
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 128])
+    fc_dims: list[int] = Field(default_factory=lambda: [256, 128])
+    dropout: float = 0.2
+    train_args: dict[str, Any] = Field(default_factory=dict)
+    data_fingerprint: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    weights_sha256: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError("mean and std need one value per input channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError("class names must be unique")
+        if not self.fc_dims or not self.widths:
+            raise ValueError("widths and fc_dims must be non-empty")
+        return self
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the penultimate fully connected layer: the descriptor's dimension."""
+        return self.fc_dims[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def fingerprint(self) -> str:
+        """Short identity of the weights; the index sidecar records it to refuse a mismatch."""
+        return self.weights_sha256[:16]

@@ -1,0 +1,323 @@
+"""DICOM → 8-bit PIL image, the way a radiologist's viewer would first show it.
+
+Pipeline (PS3.3 C.11): decode one frame (the middle one of a multi-frame volume or cine),
+modality LUT (Rescale Slope/Intercept, to Hounsfield units for CT), then the VOI window the
+modality chose (the first one when several are offered) or, without one, a robust min-max
+(0.5th-99.5th percentile, so a few hot pixels or the air around a CT do not wash the image
+out), then MONOCHROME1 inversion. Colour (RGB, YBR_*, PALETTE COLOR) becomes "RGB".
+
+Only :func:`decode_dicom` is public, and it is meant to be reached through
+:func:`models.imageio.decode_image`. Patient fields (name, id, birth date, ...) are never
+read, so they cannot reach a message, a log line or the returned metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.pixels.decoders.base import Decoder
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGExtended12Bit,
+)
+
+from models.imageio import (
+    CONTENT_TYPES,
+    CorruptImageError,
+    DecodedImage,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedFormatError,
+    UnsupportedTransferSyntaxError,
+)
+
+log = logging.getLogger(__name__)
+
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Percentile estimation on a strided subsample above this many pixels: the percentiles of
+# a 4k x 4k mammogram do not need all 16M values sorted.
+_PERCENTILE_SAMPLE = 1 << 20
+
+
+def _clean(value: Any, limit: int = 64) -> str:
+    """A header value as one short line of printable ASCII (values come from the file)."""
+    text = re.sub(r"[^\x20-\x7e]", "", str(value if value is not None else "")).strip()
+    return text[:limit]
+
+
+def _clean_uid(value: Any) -> str:
+    return re.sub(r"[^0-9.]", "", str(value if value is not None else ""))[:64]
+
+
+def _read(data: bytes) -> Dataset:
+    try:
+        # force: sniff_format has already vouched for it; it also reads preamble-less files.
+        return dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:  # InvalidDicomError, EOFError, struct.error, ...
+        log.info("unreadable DICOM: %s", type(exc).__name__)
+        raise CorruptImageError("DICOM file is corrupt or truncated") from None
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    """The file's transfer syntax; for files without one (no file meta, old ACR-NEMA
+    style) the encoding pydicom detected while reading, recorded so the decoder sees it."""
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is None:
+        file_meta = ds.file_meta = FileMetaDataset()
+    ts = file_meta.get("TransferSyntaxUID")
+    if ts:
+        return UID(_clean_uid(ts) or "invalid")
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        raise CorruptImageError("DICOM file has no transfer syntax")
+    if implicit:
+        ts = ImplicitVRLittleEndian
+    else:
+        ts = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    file_meta.TransferSyntaxUID = ts
+    return UID(ts)
+
+
+def _cannot_decode(ts: UID, detail: str = "") -> UnsupportedTransferSyntaxError:
+    name = ts.name if ts.is_valid and ts.name != str(ts) else "unknown"
+    return UnsupportedTransferSyntaxError(
+        f"DICOM transfer syntax {_clean(name, 120)} ({ts}){detail} cannot be decoded here"
+    )
+
+
+def _decoder(ts: UID, ds: Dataset) -> Decoder:
+    try:
+        decoder = get_decoder(ts)
+        available = decoder.is_available
+    except NotImplementedError:  # video (MPEG, HEVC), unknown or private syntaxes
+        available = False
+    if not available:
+        raise _cannot_decode(ts)
+    if (
+        ts == JPEGExtended12Bit
+        and int(ds.get("BitsStored") or 8) != 8
+        and "pylibjpeg" not in decoder.available_plugins
+    ):
+        # Only pylibjpeg-libjpeg decodes 12-bit JPEG (pydicom's Pillow and GDCM plugins
+        # refuse it); without this check the failure would look like a corrupt file (422)
+        # instead of a limitation of this installation (415).
+        raise _cannot_decode(ts, " with 12-bit samples")
+    return decoder
+
+
+def _decode_frame(decoder: Decoder, ds: Dataset, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode one frame, with Pillow first where it can: it is the decoder every raster
+    upload already goes through, so other native decoders (GDCM) only see what Pillow
+    cannot decode (JPEG Lossless, JPEG-LS), not every JPEG/JPEG 2000 DICOM."""
+    plugins = decoder.available_plugins
+    if "pillow" in plugins and len(plugins) > 1:
+        try:
+            return decoder.as_array(ds, index=index, decoding_plugin="pillow")
+        except Exception as exc:
+            log.debug(
+                "Pillow could not decode DICOM frame (%s); trying %s",
+                type(exc).__name__,
+                ", ".join(p for p in plugins if p != "pillow"),
+            )
+    return decoder.as_array(ds, index=index)
+
+
+def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+    """Enhanced multi-frame objects keep rescale and window per frame (or shared) in
+    functional groups instead of at the top level (PS3.3 C.7.6.16)."""
+    for groups, i in (
+        ("PerFrameFunctionalGroupsSequence", index),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
+        seq = ds.get(groups)
+        if seq and len(seq) > i:
+            inner = seq[i].get(sequence)
+            if inner:
+                return inner[0]
+    return None
+
+
+def _window_to_unit(
+    values: np.ndarray, center: float, width: float, function: str
+) -> np.ndarray | None:
+    """VOI window (PS3.3 C.11.2.1.2/3) to 0..1, or None when the window is invalid."""
+    if function == "SIGMOID":
+        if width <= 0:
+            return None
+        out: np.ndarray = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+        return out
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            return None
+    elif width < 1:  # LINEAR (the default)
+        return None
+    else:
+        center, width = center - 0.5, width - 1.0
+    if width == 0:
+        return (values > center).astype(np.float32)
+    return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+
+
+def _first(value: Any) -> float:
+    """First value of a possibly multi-valued DS (several windows: take the first)."""
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0]
+    return float(value)
+
+
+def _voi_to_unit(values: np.ndarray, ds: Dataset, index: int) -> np.ndarray | None:
+    """The file's own VOI (LUT or window) mapped to 0..1, or None when it has none."""
+    if ds.get("VOILUTSequence"):
+        item = ds.VOILUTSequence[0]
+        descriptor = item.get("LUTDescriptor")
+        if descriptor and item.get("LUTData") is not None:
+            first_map, entries = int(descriptor[1]), int(descriptor[0]) or 65536
+            ints = np.rint(values).astype(np.int64)
+            mapped = apply_voi(ints, ds).astype(np.float32)
+            table = apply_voi(np.arange(first_map, first_map + entries, dtype=np.int64), ds)
+            lo, hi = float(table.min()), float(table.max())
+            return (mapped - lo) / (hi - lo) if hi > lo else np.zeros_like(mapped)
+    source: Dataset | None = (
+        ds if "WindowCenter" in ds else _frame_item(ds, index, "FrameVOILUTSequence")
+    )
+    if source is None or source.get("WindowCenter") is None or source.get("WindowWidth") is None:
+        return None
+    function = _clean(source.get("VOILUTFunction") or "LINEAR").upper()
+    return _window_to_unit(
+        values, _first(source.WindowCenter), _first(source.WindowWidth), function
+    )
+
+
+def _robust_to_unit(values: np.ndarray) -> np.ndarray:
+    """0.5th-99.5th percentile → 0..1 (plain min-max if that range is empty)."""
+    flat = values.ravel()
+    mask = np.isfinite(flat)
+    finite = flat if mask.all() else flat[mask]
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    sample = finite[:: max(1, finite.size // _PERCENTILE_SAMPLE)]
+    lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+        if hi <= lo:
+            return np.zeros(values.shape, dtype=np.float32)
+    out = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    return np.nan_to_num(out, nan=0.0)
+
+
+def _unit_to_uint8(unit: np.ndarray) -> np.ndarray:
+    return np.rint(unit * 255.0).astype(np.uint8)
+
+
+def _monochrome(arr: np.ndarray, ds: Dataset, photometric: str, index: int) -> np.ndarray:
+    modality_source: Dataset = ds
+    if "ModalityLUTSequence" not in ds and "RescaleSlope" not in ds:
+        modality_source = _frame_item(ds, index, "PixelValueTransformationSequence") or ds
+    values = apply_modality_lut(arr, modality_source)
+    values = np.asarray(values, dtype=np.float32)
+    unit = _voi_to_unit(values, ds, index)
+    if unit is None:
+        unit = _robust_to_unit(values)
+    out = _unit_to_uint8(unit)
+    if photometric == "MONOCHROME1":  # 0 is white in MONOCHROME1
+        np.subtract(255, out, out=out)
+    return out
+
+
+def _colour(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    if arr.dtype == np.uint8:
+        return arr
+    top = float(arr.max()) if arr.size else 0.0
+    if photometric == "PALETTE COLOR":
+        # 16-bit LUT entries span 0..65535; some writers put 8-bit values in them.
+        full = 255.0 if top <= 255 else 65535.0
+    else:
+        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+        full = max(float(2**bits - 1), top)
+    # One factor for all three channels: scaling them separately would shift the hues.
+    scaled = np.clip(arr.astype(np.float32) * (255.0 / full), 0, 255) if full > 0 else arr * 0
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _metadata(ds: Dataset, ts: UID, frames: int) -> dict[str, str | int | float]:
+    # Whitelist only: patient and operator fields are never touched.
+    return {
+        "modality": _clean(ds.get("Modality")),
+        "body_part": _clean(ds.get("BodyPartExamined")),
+        "study_instance_uid": _clean_uid(ds.get("StudyInstanceUID")),
+        "series_instance_uid": _clean_uid(ds.get("SeriesInstanceUID")),
+        "sop_instance_uid": _clean_uid(ds.get("SOPInstanceUID")),
+        "photometric": _clean(ds.get("PhotometricInterpretation")),
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "frames": frames,
+        "transfer_syntax": str(ts),
+    }
+
+
+def _decode(ds: Dataset, max_pixels: int) -> DecodedImage:
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise CorruptImageError("DICOM file has no pixel data")
+    ts = _transfer_syntax(ds)
+    decoder = _decoder(ts, ds)
+    if ds.get("Rows") is None or ds.get("Columns") is None:
+        raise CorruptImageError("DICOM file has no image size (Rows/Columns)")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if rows <= 0 or columns <= 0:
+        raise CorruptImageError("DICOM file has no pixels (zero Rows or Columns)")
+    if rows * columns > max_pixels:
+        raise ImageTooLargeError(
+            f"image is too large: {columns}x{rows} pixels exceeds the limit of {max_pixels} pixels"
+        )
+    frames = int(ds.get("NumberOfFrames") or 1)
+    index = frames // 2 if frames > 1 else 0
+    # Only the chosen frame is decoded, never the whole volume.
+    arr, info = _decode_frame(decoder, ds, index)
+    photometric = _clean(
+        info.get("photometric_interpretation") or ds.get("PhotometricInterpretation")
+    ).upper()
+    samples = arr.shape[-1] if arr.ndim == 3 else 1
+    if samples == 1 and photometric != "PALETTE COLOR":
+        pixels = _monochrome(arr, ds, photometric, index)
+    elif samples == 3 or photometric == "PALETTE COLOR":
+        pixels = _colour(arr, ds, photometric)
+    else:
+        raise UnsupportedFormatError(
+            f"DICOM images with {samples} samples per pixel are not supported"
+        )
+    return DecodedImage(
+        image=Image.fromarray(np.ascontiguousarray(pixels)),
+        format="dicom",
+        content_type=CONTENT_TYPES["dicom"],
+        metadata=_metadata(ds, ts, frames),
+    )
+
+
+def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
+    """DICOM bytes (sniffed as such) → 8-bit "L" or "RGB" image; see the module docstring."""
+    ds = _read(data)
+    try:
+        return _decode(ds, max_pixels)
+    except ImageDecodeError:
+        raise
+    except MemoryError:
+        raise ImageTooLargeError("DICOM image is too large to decode here") from None
+    except Exception as exc:  # pydicom/numpy: truncated pixel data, bad element values, ...
+        # Type only: pydicom messages can quote element values from the file.
+        log.info("undecodable DICOM pixel data: %s", type(exc).__name__)
+        raise CorruptImageError("DICOM pixel data is corrupt or truncated") from None

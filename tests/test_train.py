@@ -1,0 +1,122 @@
+"""Training end to end on a tiny real data set, and the data set's bad-input paths."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.checkpoint import load_checkpoint
+from models.dataset import DatasetError, scan_dataset
+from models.embed import Embedder
+from models.train import TrainArgs, train
+
+DEMO = Path(__file__).resolve().parents[1] / "app" / "demo"
+
+
+def _copy_demo(dst: Path, classes: list[str], per_class: int) -> Path:
+    for c in classes:
+        (dst / c).mkdir(parents=True)
+        for p in sorted((DEMO / c).glob("*.jpeg"))[:per_class]:
+            shutil.copy(p, dst / c / p.name)
+    return dst
+
+
+def test_tiny_training_gives_a_loadable_checkpoint(tmp_path: Path) -> None:
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand", "HeadCT"], 60)
+    out = tmp_path / "model"
+    args = TrainArgs(data=str(data), out=str(out), epochs=1, widths=[8, 16], fc_dims=[32, 16],
+                     progress=False)
+    res = train(args)
+    model, cfg = load_checkpoint(out)
+    assert cfg.class_names == ["CXR", "Hand", "HeadCT"]
+    assert (cfg.in_channels, cfg.image_size) == (1, 64)  # read off the images
+    assert cfg.embedding_dim == model.embedding_dim == 16
+    assert cfg.train_args["epochs"] == 1 and cfg.data_fingerprint
+    assert cfg.metrics["best_epoch"] == 1 == res.best_epoch
+    for name in ("model.safetensors", "config.json", "README.md", "training_curve.png"):
+        assert (out / name).is_file()
+    emb = Embedder.load(out, device="cpu")
+    imgs = np.zeros((2, 1, 64, 64), np.uint8)
+    e = emb.embed_prepared(imgs)
+    assert np.allclose(np.linalg.norm(e.vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(e.probabilities.sum(1), 1.0, atol=1e-5)
+
+
+def test_training_is_reproducible(tmp_path: Path) -> None:
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand"], 40)
+    cfgs = []
+    for i in range(2):
+        args = TrainArgs(data=str(data), out=str(tmp_path / f"m{i}"), epochs=1, widths=[8, 16],
+                         fc_dims=[32, 16], progress=False)
+        cfgs.append(train(args).config)
+    assert cfgs[0].weights_sha256 == cfgs[1].weights_sha256
+
+
+def test_auto_split_keeps_identical_files_together(tmp_path: Path) -> None:
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand"], 30)
+    # Five copies of one image: they must land in one split.
+    src = next((data / "CXR").glob("*.jpeg"))
+    for i in range(5):
+        shutil.copy(src, data / "CXR" / f"copy{i}.jpeg")
+    ds = scan_dataset(data)
+    splits = {r.split for r in ds.records if r.path.read_bytes() == src.read_bytes()}
+    assert len(splits) == 1
+    assert {r.split for r in ds.records} == {"train", "val", "test"}
+    assert scan_dataset(data).records == ds.records  # deterministic
+
+
+def test_corrupt_file_and_empty_class_are_skipped(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand"], 30)
+    (data / "CXR" / "broken.png").write_bytes(b"not an image at all")
+    (data / "Empty").mkdir()
+    ds = scan_dataset(data)
+    assert ds.class_names == ["CXR", "Hand"]
+    assert "Empty" in caplog.text
+    args = TrainArgs(data=str(data), out=str(tmp_path / "m"), epochs=1, widths=[8, 16],
+                     fc_dims=[32, 16], progress=False)
+    res = train(args, ds)
+    assert "could not be read" in caplog.text or res.config.metrics["skipped_files"] >= 0
+
+
+def test_single_class_is_refused(tmp_path: Path) -> None:
+    data = _copy_demo(tmp_path / "data", ["CXR"], 10)
+    with pytest.raises(DatasetError, match="at least 2 classes"):
+        scan_dataset(data)
+
+
+def test_split_csv_with_missing_files_skips_them(tmp_path: Path) -> None:
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand"], 10)
+    rows = [(f"{p.parent.name}/{p.name}", p.parent.name, "train" if i % 5 else "val")
+            for i, p in enumerate(sorted(data.rglob("*.jpeg")))]
+    rows.append(("CXR/missing.jpeg", "CXR", "train"))
+    csv_path = tmp_path / "split.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        w.writerows(rows)
+    ds = scan_dataset(data, csv_path)
+    assert ds.skipped == 1 and len(ds.records) == 20
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "/nonexistent/data", "--out", "OUT"],
+        ["train", "--data", "DATA", "--out", "OUT", "--split-csv", "/nonexistent.csv"],
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path: Path, argv: list[str]) -> None:
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand"], 5)
+    argv = [a.replace("DATA", str(data)).replace("OUT", str(tmp_path / "o")) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "app.cli", *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("cbmir: error:")
+    assert "Traceback" not in proc.stderr
