@@ -110,9 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
-    i = sub.add_parser("index", help="bulk-add a folder of images to the service's data directory")
+    i = sub.add_parser("index", help="bulk-add a folder of images to the service's data dir")
     i.add_argument("folder", type=Path,
-                   help="class sub-folders (label = folder name) or a flat folder (label predicted)")
+                   help="class sub-folders (label = folder name) or flat (label predicted)")
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(func=cmd_index)
 

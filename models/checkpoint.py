@@ -67,7 +67,9 @@ def load_config(model_dir: Path) -> ModelConfig:
         raise CheckpointError(f"invalid {path}: {first}") from None
 
 
-def load_checkpoint(model_dir: Path, device: torch.device | str = "cpu") -> tuple[CbmirCNN, ModelConfig]:
+def load_checkpoint(
+    model_dir: Path, device: torch.device | str = "cpu"
+) -> tuple[CbmirCNN, ModelConfig]:
     """Rebuild the network from ``config.json`` and load its safetensors weights."""
     model_dir = Path(model_dir)
     cfg = load_config(model_dir)

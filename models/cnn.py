@@ -84,6 +84,12 @@ class CbmirCNN(nn.Module):
         return F.normalize(emb, dim=1), logits.softmax(dim=1)
 
 
+def set_memory_format(module: CbmirCNN, channels_last: bool) -> CbmirCNN:
+    """Move conv weights to channels-last (oneDNN's fast CPU layout) or back."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return module.to(memory_format=fmt)  # type: ignore[call-overload]
+
+
 def flops_per_image(cfg: ModelConfig) -> int:
     """Multiply-adds × 2 of one forward pass (convs and linears; BN/ReLU/pool ignored)."""
     total = 0

@@ -98,7 +98,9 @@ def _read_split_csv(root: Path, split_csv: Path) -> tuple[list[Record], int]:
         for row in reader:
             split = row["split"].strip().lower()
             if split not in SPLITS:
-                raise DatasetError(f"{split_csv}: unknown split {row['split']!r} (use train/val/test)")
+                raise DatasetError(
+                    f"{split_csv}: unknown split {row['split']!r} (use train/val/test)"
+                )
             path = root / row["path"]
             if not path.is_file():
                 missing += 1

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint
-from models.cnn import CbmirCNN
+from models.cnn import CbmirCNN, set_memory_format
 from models.config import ModelConfig
 from models.preprocess import normalize, prepare
 
@@ -85,7 +85,7 @@ class Embedder:
             # channels_last lets oneDNN pick its fastest convolution kernels on CPU, and a
             # frozen trace folds BatchNorm into the convolutions and fuses conv+ReLU:
             # about 1.5x the eager throughput on 2 cores (see bench/RESULTS.md).
-            model = model.to(memory_format=torch.channels_last)
+            set_memory_format(model, True)
             runner = _freeze(_EmbedHead(model), cfg)
         log.info("loaded model %s (%d classes, dim %d) on %s", cfg.name, cfg.num_classes,
                  cfg.embedding_dim, dev)

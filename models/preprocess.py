@@ -29,10 +29,7 @@ def prepare(image: Image.Image, cfg: ModelConfig) -> np.ndarray:
         # aspect change is the same for every image of a data set.
         image = image.resize(size, Image.Resampling.BILINEAR)
     arr = np.asarray(image, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[None, :, :]
-    else:
-        arr = arr.transpose(2, 0, 1)
+    arr = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
 
 

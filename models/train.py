@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from models.augment import augment
 from models.checkpoint import save_checkpoint
-from models.cnn import CbmirCNN, flops_per_image
+from models.cnn import CbmirCNN, flops_per_image, set_memory_format
 from models.config import ModelConfig
 from models.dataset import DatasetIndex, Record, load_prepared, scan_dataset
 from models.embed import resolve_device
@@ -94,8 +94,8 @@ def infer_input_shape(records: list[Record], seed: int = 0) -> tuple[int, int]:
         if img.mode == "RGB":
             arr = np.asarray(img)
             # Grey stored as RGB is still grey: only true colour needs 3 channels.
-            if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2])):
-                colour = True
+            colour |= not (np.array_equal(arr[..., 0], arr[..., 1])
+                           and np.array_equal(arr[..., 1], arr[..., 2]))
         sides.append(min(img.size))
     if not sides:
         raise ValueError("none of the sampled images could be read")
@@ -165,7 +165,7 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
 
     model = CbmirCNN.from_config(cfg).to(device)
     if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+        set_memory_format(model, True)
     x_tr, y_tr = torch.from_numpy(tr.images), torch.from_numpy(tr.labels)
     x_va, y_va = torch.from_numpy(va.images), torch.from_numpy(va.labels)
     steps_per_epoch = math.ceil(len(x_tr) / batch_size)
@@ -181,8 +181,8 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
         model.train()
         perm = torch.randperm(len(x_tr), generator=gen)
         loss_sum, correct = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", disable=not args.progress,
-                   unit="batch", leave=False, mininterval=1.0)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", unit="batch",
+                   disable=not args.progress, leave=False, mininterval=1.0)
         for step in bar:
             idx = perm[step * batch_size : (step + 1) * batch_size]
             xb = normalize(x_tr[idx].to(device), cfg)
@@ -202,7 +202,7 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         val_loss, val_acc = _evaluate(model, x_va, y_va, cfg, device)
         stats = EpochStats(epoch, loss_sum / len(x_tr), correct / len(x_tr), val_loss, val_acc,
-                           sched.get_last_lr()[0], time.perf_counter() - te)
+                           float(sched.get_last_lr()[0]), time.perf_counter() - te)
         result.history.append(stats)
         improved = val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
         log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.0fs%s",
@@ -225,7 +225,7 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
     }
     cfg = cfg.model_copy(update={"metrics": metrics})
     out = Path(args.out)
-    cfg = save_checkpoint(model.to("cpu").to(memory_format=torch.contiguous_format), cfg, out)
+    cfg = save_checkpoint(set_memory_format(model.to("cpu"), False), cfg, out)
     result.config = cfg
     write_training_curve(result.history, out / "training_curve.png")
     write_model_card(cfg, out, [vars(h) for h in result.history])
