@@ -22,6 +22,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # faiss logs its CPU-feature probing at INFO on import; users need none of it.
+    logging.getLogger("faiss").setLevel(logging.WARNING)
 
 
 def cmd_train(a: argparse.Namespace) -> int:

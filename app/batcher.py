@@ -1,0 +1,150 @@
+"""Micro-batching: concurrent requests share one CNN forward pass.
+
+A single worker thread owns the model. Requests submit a job (their prepared ``uint8``
+images) and get a ``concurrent.futures.Future``; async callers await it through
+:func:`asyncio.wrap_future`, so the event loop never blocks on inference. The worker takes
+the first waiting job, then keeps collecting jobs for at most ``wait_ms`` or until
+``max_batch`` images, runs one ``embed`` call and splits the result back per job. A job is
+never split, so a request's images always come from one forward pass.
+
+Back-pressure: when more than ``max_queue`` images would be waiting, :class:`Overloaded`
+is raised at once (HTTP 503 + ``Retry-After``) rather than letting latency grow unbounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.errors import Unavailable
+from models.embed import Embedding
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Unavailable):
+    """Too many images are waiting for the model."""
+
+
+@dataclass
+class _Job:
+    images: np.ndarray
+    future: Future[Embedding] = field(default_factory=Future)
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        embed: Callable[[np.ndarray], Embedding],
+        *,
+        max_batch: int = 64,
+        wait_ms: float = 2.0,
+        max_queue: int = 256,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._embed = embed
+        self.max_batch = max_batch
+        self.wait_s = wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._on_batch = on_batch or (lambda n, s: None)
+        self._jobs: deque[_Job] = deque()
+        self._pending = 0  # images queued, not yet taken by the worker
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="cbmir-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def submit(self, images: np.ndarray) -> Future[Embedding]:
+        """Queue ``uint8`` (N, C, S, S) images; raises :class:`Overloaded` when full."""
+        job = _Job(images)
+        with self._cond:
+            if self._closed:
+                raise Unavailable("service is shutting down")
+            # A job bigger than the whole queue is still let in when nothing waits,
+            # otherwise it could never run.
+            if self._pending and self._pending + job.n > self.max_queue:
+                raise Overloaded(
+                    f"server busy: {self._pending} images waiting for the model, retry shortly"
+                )
+            self._jobs.append(job)
+            self._pending += job.n
+            self._cond.notify()
+        return job.future
+
+    async def embed(self, images: np.ndarray) -> Embedding:
+        return await asyncio.wrap_future(self.submit(images))
+
+    def embed_sync(self, images: np.ndarray) -> Embedding:
+        return self.submit(images).result()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the jobs already queued, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # -- worker ------------------------------------------------------------------------
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._jobs:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            batch = [self._jobs.popleft()]
+            total = batch[0].n
+            deadline = time.monotonic() + self.wait_s
+            while total < self.max_batch:
+                if self._jobs:
+                    if total + self._jobs[0].n > self.max_batch:
+                        break  # left at the head: it starts the next batch
+                    job = self._jobs.popleft()
+                    batch.append(job)
+                    total += job.n
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    break
+                self._cond.wait(remaining)
+            self._pending -= total
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            # Jobs whose caller went away (cancelled future) are dropped unrun.
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            # Always a fresh array: callers may hand in read-only views of decoded images.
+            images = np.concatenate([j.images for j in live])
+            t0 = time.perf_counter()
+            try:
+                out = self._embed(images)
+            except Exception as e:  # delivered to every waiting request
+                log.exception("embedding a batch of %d images failed", len(images))
+                for j in live:
+                    j.future.set_exception(e)
+                continue
+            self._on_batch(len(images), time.perf_counter() - t0)
+            start = 0
+            for j in live:
+                end = start + j.n
+                j.future.set_result(Embedding(out.vectors[start:end], out.probabilities[start:end]))
+                start = end

@@ -1,0 +1,106 @@
+"""Service settings: one pydantic-settings class, read from ``CBMIR_*`` environment variables.
+
+:func:`load_settings` is what the CLI calls: it refuses bad values before anything is
+loaded and turns every problem into a one-line ``ValueError`` naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models import DEFAULT_MODEL_DIR
+from models.config import CONFIG_FILE, WEIGHTS_FILE
+
+ENV_PREFIX = "CBMIR_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=(), frozen=True
+    )
+
+    model_dir: Path = DEFAULT_MODEL_DIR
+    data_dir: Path = Path("./var")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    api_key: SecretStr | None = None
+    api_key_for_reads: bool = False
+    max_upload_mb: float = Field(20.0, gt=0)
+    max_files: int = Field(64, gt=0)
+    seed_demo: bool = True
+    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    approx_min_size: int = Field(20_000, gt=0)
+    batch_max_size: int = Field(64, gt=0)
+    batch_wait_ms: float = Field(2.0, ge=0)
+    max_queue: int = Field(256, gt=0)
+    snapshot_every: int = Field(500, gt=0)
+    snapshot_seconds: float = Field(30.0, gt=0)
+    # NoDecode: accept "https://a,https://b" as well as a JSON list.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, v: Any) -> Any:
+        # CBMIR_API_KEY= (set but empty) must not mean "the key is the empty string".
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        return v
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = err["loc"][0] if err["loc"] else ""
+    name = f"{ENV_PREFIX}{str(loc).upper()}"
+    return f"invalid {name}: {err['msg']}"
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """The model directory must hold a checkpoint; raises a one-line ``ValueError``."""
+    if not model_dir.is_dir():
+        raise ValueError(f"{ENV_PREFIX}MODEL_DIR {model_dir} is not a directory")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (model_dir / name).is_file():
+            raise ValueError(f"{ENV_PREFIX}MODEL_DIR {model_dir} has no {name}")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (``overrides`` win), validated; one-line errors."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        raise ValueError(_one_line(e)) from None
+    except ValueError as e:  # e.g. malformed JSON in CBMIR_CORS_ORIGINS
+        raise ValueError(f"invalid settings: {str(e).splitlines()[0]}") from None
+    check_model_dir(settings.model_dir)
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        raise ValueError(f"{ENV_PREFIX}DATA_DIR {settings.data_dir} is not a directory")
+    return settings

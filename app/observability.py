@@ -1,0 +1,92 @@
+"""Prometheus metrics: one registry per app (so several apps can live in one test process).
+
+Requests are labelled by route *template* (``/images/{item_id}``), never the raw path, so
+the number of series stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cbmir_http_requests", "HTTP requests by route template and status.",
+            ["method", "route", "status"], registry=r,
+        )
+        self.latency = Histogram(
+            "cbmir_http_request_duration_seconds", "HTTP request latency by route template.",
+            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.index_size = Gauge("cbmir_index_size", "Vectors in the search index.", registry=r)
+        self.inference = Histogram(
+            "cbmir_model_inference_seconds", "Time of one batched CNN forward pass.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "cbmir_batch_size", "Images per CNN forward pass.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.queue = Gauge(
+            "cbmir_batch_queue_images", "Images waiting for the model.", registry=r
+        )
+        self.stage = Histogram(
+            "cbmir_stage_seconds", "Time spent per request stage.", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.ingested = Counter(
+            "cbmir_images_ingested", "Images added (duplicates excluded).", registry=r
+        )
+
+    def observe_batch(self, n: int, seconds: float) -> None:
+        self.batch_size.observe(n)
+        self.inference.observe(seconds)
+
+    def track(self, index_size: Callable[[], int], queue: Callable[[], int]) -> None:
+        """Read gauges at scrape time from the live objects."""
+        self.index_size.set_function(lambda: float(index_size()))
+        self.queue.set_function(lambda: float(queue()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no body buffering) counting and timing every HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router stores the matched route in the (shared) scope; unmatched paths
+            # share one label so a scanner cannot create unbounded series.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - t0)

@@ -1,0 +1,83 @@
+"""Upload checks and preprocessing: bytes → validated, decoded, model-ready arrays.
+
+Plain functions (they block), run by the retriever in worker threads. Every check of a
+request happens here before anything is written, so ``POST /index`` is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.errors import InvalidInput
+from models.embed import Embedder
+from models.imageio import DecodedImage, ImageDecodeError, decode_image
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes = field(repr=False)
+    filename: str = ""
+    label: str | None = None  # None: the predicted class is stored
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    upload: Upload
+    sha256: str
+    format: str
+    content_type: str
+    metadata: dict[str, Any]
+    array: np.ndarray  # uint8 (C, S, S)
+
+
+def _describe(i: int, filename: str) -> str:
+    # The client's own file name, shortened and printable, to say which file failed.
+    name = "".join(c for c in filename if c.isprintable())[:80]
+    return f"file {i + 1}" + (f" ({name!r})" if name else "")
+
+
+def _safe_metadata(decoded: DecodedImage) -> dict[str, Any]:
+    # The decoder never reads patient fields; this is a second guard in case one slips in.
+    return {k: v for k, v in decoded.metadata.items() if "patient" not in k.lower()}
+
+
+def decode_checked(data: bytes, what: str) -> DecodedImage:
+    if not data:
+        raise InvalidInput(f"{what}: empty file")
+    try:
+        return decode_image(data)
+    except ImageDecodeError as e:
+        # Same class (so the same HTTP status), message naming the file.
+        raise type(e)(f"{what}: {e}") from None
+
+
+def prepare_uploads(
+    uploads: list[Upload], embedder: Embedder, classes: list[str]
+) -> list[Prepared]:
+    """Validate and decode every upload; raises on the first bad one."""
+    out: list[Prepared] = []
+    for i, up in enumerate(uploads):
+        what = _describe(i, up.filename)
+        if up.label is not None and up.label not in classes:
+            raise InvalidInput(
+                f"{what}: unknown label {up.label!r}; known: {', '.join(classes)}"
+            )
+        decoded = decode_checked(up.data, what)
+        out.append(Prepared(
+            upload=up,
+            sha256=hashlib.sha256(up.data).hexdigest(),
+            format=decoded.format,
+            content_type=decoded.content_type,
+            metadata={**_safe_metadata(decoded), **up.metadata},
+            array=embedder.prepare(decoded.image),
+        ))
+    return out
+
+
+def prepare_query(data: bytes, embedder: Embedder) -> np.ndarray:
+    return embedder.prepare(decode_checked(data, "file").image)

@@ -1,0 +1,28 @@
+"""``GET /health``: 503 while the model and index load, then what is loaded."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.schemas import HealthResponse, StartingResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={503: {"model": StartingResponse, "description": "still loading, or failed"}},
+)
+def health(request: Request) -> HealthResponse | JSONResponse:
+    # A plain def (thread pool): reading the index size waits while a write holds the index.
+    loader = request.app.state.loader
+    if loader.retriever is None:
+        body = StartingResponse(status="failed", detail=loader.error) if loader.error else (
+            StartingResponse(status="starting")
+        )
+        return JSONResponse(
+            body.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "1"}
+        )
+    return HealthResponse.model_validate(loader.retriever.health())

@@ -1,0 +1,87 @@
+"""``POST /index``: add images (multipart ``files``, optional ``label`` and ``metadata``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+
+from app.deps import RetrieverDep, SettingsDep, require_write_key
+from app.errors import InvalidInput, PayloadTooLarge
+from app.prepare import Upload
+from app.schemas import ErrorResponse, IndexedItem, IndexResponse
+
+router = APIRouter(tags=["index"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 503)
+}
+
+
+def _labels(given: list[str] | None, n: int) -> list[str | None]:
+    if not given:
+        return [None] * n
+    if len(given) != n:
+        raise InvalidInput(f"got {len(given)} label fields for {n} files: send one per file")
+    # An empty label field keeps a file's place and means "use the predicted class".
+    return [lab.strip() or None for lab in given]
+
+
+def _metadata(given: list[str] | None, n: int) -> list[dict[str, Any]]:
+    if not given:
+        return [{} for _ in range(n)]
+    if len(given) not in (1, n):
+        raise InvalidInput(
+            f"got {len(given)} metadata fields for {n} files: send one per file, or one for all"
+        )
+    parsed: list[dict[str, Any]] = []
+    for i, text in enumerate(given):
+        try:
+            value = json.loads(text) if text.strip() else {}
+        except ValueError:
+            raise InvalidInput(f"metadata field {i + 1} is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise InvalidInput(f"metadata field {i + 1} must be a JSON object")
+        parsed.append(value)
+    return parsed * n if len(parsed) == 1 else parsed
+
+
+@router.post(
+    "/index",
+    response_model=IndexResponse,
+    dependencies=[Depends(require_write_key)],
+    responses=_ERRORS,
+    summary="Add images to the gallery",
+)
+async def index_images(
+    retriever: RetrieverDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="one or more images")],
+    label: Annotated[
+        list[str] | None, Form(description="one per file, in order; omitted: predicted")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None, Form(description="a JSON object per file, or one for all")
+    ] = None,
+) -> IndexResponse:
+    """All-or-nothing: every file is checked and decoded before anything is stored.
+
+    The same bytes sent again return the existing id with ``duplicate: true``.
+    """
+    if len(files) > settings.max_files:
+        raise PayloadTooLarge(
+            f"{len(files)} files in one request; the limit is {settings.max_files}"
+        )
+    labels = _labels(label, len(files))
+    metas = _metadata(metadata, len(files))
+    uploads = [
+        Upload(await f.read(), f.filename or "", lab, meta)
+        for f, lab, meta in zip(files, labels, metas, strict=True)
+    ]
+    items = await retriever.ingest(uploads)
+    return IndexResponse(items=[
+        IndexedItem(id=it.id, label=it.label, label_source=it.label_source,
+                    duplicate=it.duplicate)
+        for it in items
+    ])

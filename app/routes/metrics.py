@@ -1,0 +1,21 @@
+"""``GET /metrics``: Prometheus text format (always open, like ``/health``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from app.deps import MetricsDep
+from app.observability import CONTENT_TYPE
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
+)
+def metrics(m: MetricsDep) -> Response:
+    # A plain def: the index-size gauge is read at scrape time and may wait for a write.
+    return Response(m.render(), media_type=CONTENT_TYPE)

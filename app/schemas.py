@@ -1,0 +1,67 @@
+"""Response bodies (request bodies are multipart forms, declared on the routes)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(examples=["file 1 ('notes.png'): not a supported image"])
+
+
+class ModelInfo(BaseModel):
+    name: str
+    classes: list[str]
+    device: str
+    embedding_dim: int
+
+
+class IndexInfo(BaseModel):
+    backend: Literal["faiss"] = "faiss"
+    size: int
+    type: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: ModelInfo
+    index: IndexInfo
+
+
+class StartingResponse(BaseModel):
+    status: Literal["starting", "failed"]
+    detail: str | None = None
+
+
+class IndexedItem(BaseModel):
+    id: int
+    label: str
+    label_source: Literal["given", "predicted"]
+    duplicate: bool = Field(description="the same bytes were already stored under this id")
+
+
+class IndexResponse(BaseModel):
+    items: list[IndexedItem]
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class SearchHit(BaseModel):
+    id: int
+    score: float = Field(description="cosine similarity of the descriptors")
+    label: str
+    image_url: str
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    prediction: Prediction
+    scope: Literal["predicted", "all", "label"]
+    results: list[SearchHit]
+    took_ms: float

@@ -1,0 +1,77 @@
+"""``cbmir serve``: run the app under uvicorn, one worker (the model and index live in it).
+
+Uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the lifespan exit: the
+batcher drains and the index is snapshotted. A failure while loading stops the server and
+surfaces here as a one-line ``ValueError`` (the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Heavy modules (torch, faiss, uvicorn) are imported inside the functions: the CLI imports
+# this module before validating settings, and a bad setting should fail fast and quietly.
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    log.info("stopped by signal %d", signum)
+
+
+def preflight(settings: Settings) -> None:
+    """The cheap start-up checks, done before the port opens so errors are immediate."""
+    from app.lock import DataDirLock
+    from app.storage import DB_FILE, Store
+    from models.checkpoint import load_config
+
+    DataDirLock(settings.data_dir).acquire().release()
+    if (settings.data_dir / DB_FILE).is_file():
+        cfg = load_config(settings.model_dir)
+        store = Store(settings.data_dir)
+        try:
+            store.check_model(cfg.fingerprint, cfg.embedding_dim, cfg.name)
+        finally:
+            store.close()
+
+
+def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    logging.getLogger("app").setLevel(settings.log_level)
+    # faiss announces at INFO which CPU build it loaded, on every start.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import uvicorn
+
+    from app.main import create_app
+
+    preflight(settings)
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app, host=host, port=port, workers=1, log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30, server_header=False,
+    )
+    server = uvicorn.Server(config)
+    log.info("serving on http://%s:%d (data in %s)", host, port, settings.data_dir)
+    # Uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the process
+    # dies "by signal". A stop on SIGTERM is the normal end of a service: exit 0 instead.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stopped) if in_main else None
+    try:
+        server.run()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    if fatal:
+        raise ValueError(fatal[0])

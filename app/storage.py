@@ -1,0 +1,305 @@
+"""Durable storage of the service: SQLite rows + content-addressed originals.
+
+Design (durability and recovery)
+--------------------------------
+* **SQLite is the source of truth.** ``DATA_DIR/cbmir.sqlite3`` (WAL, ``synchronous=FULL``)
+  holds one row per image: ``id`` (``INTEGER PRIMARY KEY AUTOINCREMENT``, so ids are never
+  reused, even after a delete), ``sha256`` (unique: the same bytes are stored once),
+  ``label``, ``label_source`` (``given``/``predicted``), ``content_type``, ``format``,
+  ``metadata`` (JSON), ``vector`` (the float32 descriptor) and ``created_at``. A ``meta``
+  table records the model fingerprint and embedding dimension the vectors came from; the
+  service refuses to start with a different model (use a new ``DATA_DIR`` or re-index).
+* **Originals** are stored by content at ``DATA_DIR/originals/ab/<sha256>``, written to a
+  temporary file, fsync'd and renamed *before* their row commits. A crash in between
+  leaves an orphan file, which is harmless and removed at the next start; a committed row
+  therefore always has its file.
+* **The FAISS index is derived data.** It lives in memory and is snapshotted atomically to
+  ``DATA_DIR/index/`` every ``SNAPSHOT_EVERY`` writes, every ``SNAPSHOT_SECONDS`` when
+  dirty, and at shutdown, with ``extra={"max_id", "model_fingerprint"}``. At start the
+  snapshot is loaded and reconciled with SQLite (rows missing from it are added from their
+  stored vectors, ids no longer in SQLite are removed); a missing, corrupt or mismatched
+  snapshot is rebuilt from the stored vectors. Nothing is re-embedded at start.
+* **Write path** (one lock): originals on disk → rows committed in one transaction (fsync)
+  → vectors added to FAISS → 200. A 200 from ``POST /index`` means the rows are durable.
+  **Delete**: row deleted (commit) → removed from FAISS → original unlinked.
+* ``DATA_DIR/.lock`` (``fcntl.flock``) is held while serving or bulk-indexing, so two
+  processes never write the same data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "cbmir.sqlite3"
+ORIGINALS = "originals"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL,
+    label_source TEXT NOT NULL CHECK (label_source IN ('given', 'predicted')),
+    content_type TEXT NOT NULL,
+    format TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS = "id, sha256, label, label_source, content_type, format, metadata, created_at"
+
+
+LabelSource = Literal["given", "predicted"]
+
+
+class StoreMismatchError(ValueError):
+    """The data directory was filled with another model's descriptors."""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    sha256: str
+    label: str
+    label_source: LabelSource
+    content_type: str
+    format: str
+    metadata: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class NewItem:
+    sha256: str
+    data: bytes = field(repr=False)
+    label: str
+    label_source: LabelSource
+    content_type: str
+    format: str
+    metadata: dict[str, Any]
+    vector: np.ndarray = field(repr=False)
+
+
+def _row_to_item(row: tuple[Any, ...]) -> Item:
+    source = cast(LabelSource, row[3])
+    return Item(row[0], row[1], row[2], source, row[4], row[5], json.loads(row[6]), row[7])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """Thread-safe (one connection behind a lock: statements are short)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.originals = self.data_dir / ORIGINALS
+        self.originals.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # Autocommit mode; transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+        self._db = sqlite3.connect(
+            self.data_dir / DB_FILE, check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- model identity --------------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    def check_model(self, fingerprint: str, dim: int, name: str) -> None:
+        """Refuse a model other than the one that produced the stored vectors."""
+        meta = self.meta()
+        if self.count() and meta and (
+            meta.get("model_fingerprint") != fingerprint or int(meta["embedding_dim"]) != dim
+        ):
+            raise StoreMismatchError(
+                f"data directory {self.data_dir} holds {self.count()} images embedded by model "
+                f"{meta.get('model_name')!r} (fingerprint {meta.get('model_fingerprint')}, "
+                f"dim {meta.get('embedding_dim')}), not the loaded model {name!r} (fingerprint "
+                f"{fingerprint}, dim {dim}): set CBMIR_DATA_DIR to a new directory, or delete "
+                "this one and re-index with `cbmir index`"
+            )
+        values = {"model_fingerprint": fingerprint, "embedding_dim": str(dim), "model_name": name}
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", values.items()
+            )
+
+    # -- reads -------------------------------------------------------------------------
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def max_id(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(id) FROM items").fetchone()
+        return int(row[0] or 0)
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM items ORDER BY id").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def get(self, item_id: int) -> Item | None:
+        return self.get_many([item_id]).get(item_id)
+
+    def get_many(self, ids: Sequence[int]) -> dict[int, Item]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE id IN ({marks})", [int(i) for i in ids]
+            ).fetchall()
+        return {r[0]: _row_to_item(r) for r in rows}
+
+    def find_sha(self, shas: Sequence[str]) -> dict[str, Item]:
+        if not shas:
+            return {}
+        marks = ",".join("?" * len(shas))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE sha256 IN ({marks})", list(shas)
+            ).fetchall()
+        return {r[1]: _row_to_item(r) for r in rows}
+
+    def vectors(
+        self, dim: int, ids: np.ndarray | None = None, chunk: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """(ids, float32 vectors, labels) in chunks: of all rows, or of ``ids`` only."""
+        if ids is None:
+            last = 0
+            while True:
+                with self._lock:
+                    rows = self._db.execute(
+                        "SELECT id, vector, label FROM items WHERE id > ? ORDER BY id LIMIT ?",
+                        (last, chunk),
+                    ).fetchall()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                yield self._unpack(rows, dim)
+        else:
+            for s in range(0, len(ids), chunk):
+                part = [int(i) for i in ids[s : s + chunk]]
+                with self._lock:
+                    rows = self._db.execute(
+                        f"SELECT id, vector, label FROM items WHERE id IN "
+                        f"({','.join('?' * len(part))}) ORDER BY id",
+                        part,
+                    ).fetchall()
+                if rows:
+                    yield self._unpack(rows, dim)
+
+    @staticmethod
+    def _unpack(rows: list[Any], dim: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        return ids, vecs.astype(np.float32), [r[2] for r in rows]
+
+    def original_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError("invalid sha256")  # never build a path from anything else
+        return self.originals / sha256[:2] / sha256
+
+    def read_original(self, item: Item) -> bytes | None:
+        try:
+            return self.original_path(item.sha256).read_bytes()
+        except FileNotFoundError:
+            log.error("original of item %d is missing from %s", item.id, self.originals)
+            return None
+
+    # -- writes ------------------------------------------------------------------------
+
+    def _write_original(self, sha256: str, data: bytes) -> None:
+        path = self.original_path(sha256)
+        if path.is_file() and path.stat().st_size == len(data):
+            return  # content-addressed: an orphan left by a crash already holds these bytes
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+    def insert(self, items: Sequence[NewItem]) -> list[int]:
+        """Write originals, then every row in one transaction; returns the new ids."""
+        for it in items:
+            self._write_original(it.sha256, it.data)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        ids: list[int] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for it in items:
+                    cur = self._db.execute(
+                        "INSERT INTO items (sha256, label, label_source, content_type, format,"
+                        " metadata, vector, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (it.sha256, it.label, it.label_source, it.content_type, it.format,
+                         json.dumps(it.metadata), it.vector.astype("<f4").tobytes(), now),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return ids
+
+    def delete(self, item_id: int) -> Item | None:
+        """Delete the row (committed on return); the caller unlinks the original after."""
+        with self._lock:
+            item = self.get(item_id)
+            if item is not None:
+                self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+        return item
+
+    def unlink_original(self, sha256: str) -> None:
+        self.original_path(sha256).unlink(missing_ok=True)
+
+    def clean_orphans(self) -> int:
+        """Remove originals without a row and temporary files left by a crash."""
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT sha256 FROM items")}
+        removed = 0
+        for path in self.originals.glob("*/*"):
+            if path.name not in known and path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.info("removed %d orphaned original file(s)", removed)
+        return removed
