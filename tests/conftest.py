@@ -138,3 +138,16 @@ def index_bytes(client: TestClient, blobs: list[bytes], **data: Any) -> list[dic
     assert r.status_code == 200, r.text
     items: list[dict[str, Any]] = r.json()["items"]
     return items
+
+
+@pytest.fixture
+def single_omp_thread() -> Iterator[None]:
+    """One OpenMP thread for FAISS during a test: tiny FAISS calls are dominated by
+    OpenMP start-up and spinning on a shared 2-core machine (10x slower under load);
+    results do not depend on the thread count."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
 from index import FaissIndex
 
-
-@pytest.fixture(autouse=True)
-def _single_omp_thread() -> Iterator[None]:
-    # Tiny FAISS calls are dominated by OpenMP start-up/spinning on a shared
-    # 2-core box (10x slower under load); results do not depend on it.
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+# Tiny FAISS calls are dominated by OpenMP spinning on a shared 2-core box.
+pytestmark = pytest.mark.usefixtures("single_omp_thread")
 
 
 DIM = 32

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -14,15 +13,8 @@ import pytest
 import index.storage
 from index import FaissIndex, IndexCorruptError, IndexMismatchError, VectorIndexError
 
-
-@pytest.fixture(autouse=True)
-def _single_omp_thread() -> Iterator[None]:
-    # Tiny FAISS calls are dominated by OpenMP start-up/spinning on a shared
-    # 2-core box (10x slower under load); results do not depend on it.
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+# Tiny FAISS calls are dominated by OpenMP spinning on a shared 2-core box.
+pytestmark = pytest.mark.usefixtures("single_omp_thread")
 
 
 DIM = 8
