@@ -211,7 +211,9 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
         if improved:
             best_acc, best_loss, result.best_epoch = val_acc, val_loss, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - result.best_epoch >= args.patience:
+        elif epoch > epochs // 2 and epoch - result.best_epoch >= args.patience:
+            # Only in the annealing half of the one-cycle schedule: at peak learning rate a
+            # small validation set swings by several points from epoch to epoch.
             log.info("no validation improvement for %d epochs; stopping early", args.patience)
             break
     assert best_state is not None
