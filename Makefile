@@ -32,3 +32,7 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Longer crash/concurrency soak (10x the images, 11 kills); not part of `make test`.
+soak: $(STAMP)
+	CBMIR_SOAK=1 $(BIN)/python -m pytest -s tests/test_reliability_crash.py tests/test_reliability_concurrency.py

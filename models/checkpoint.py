@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models.cnn import CbmirCNN
@@ -81,7 +82,12 @@ def load_checkpoint(
         raise CheckpointError(f"{weights} does not match the hash recorded in {CONFIG_FILE}")
     model = CbmirCNN.from_config(cfg)
     try:
-        model.load_state_dict(load_file(str(weights), device="cpu"))
+        state = load_file(str(weights), device="cpu")
+    except SafetensorError as e:  # e.g. a pickled torch.save file: never unpickled
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{weights} is not a safetensors file: {first}") from None
+    try:
+        model.load_state_dict(state)
     except (RuntimeError, OSError) as e:
         first = str(e).splitlines()[0]
         raise CheckpointError(f"weights in {model_dir} do not fit its config: {first}") from None

@@ -2,70 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import demo_files
+from serverproc import CBMIR, ServerProc, free_port, server_env
 
 from app.cli import main
 
-Server = tuple[subprocess.Popen[str], str, dict[str, str]]
-CBMIR = str(Path(sys.executable).with_name("cbmir"))
-START_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBMIR_")}
-    return {**env, "CBMIR_SEED_DEMO": "false", "CBMIR_DEVICE": "cpu", **values}
-
-
-def _wait_healthy(proc: subprocess.Popen[str], url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited early:\n{proc.communicate()[0]}"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.2)  # a poll interval, not a synchronisation guess: the loop is bounded
-    raise AssertionError("server did not become healthy in time")
-
 
 @pytest.fixture
-def server(tiny_model: Path, tmp_path: Path) -> Iterator[Server]:
-    port = _free_port()
-    env = _env(CBMIR_MODEL_DIR=str(tiny_model), CBMIR_DATA_DIR=str(tmp_path / "data"))
-    proc = subprocess.Popen([CBMIR, "serve", "--port", str(port)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(proc, url)
-        yield proc, url, env
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+def server(tiny_model: Path, tmp_path: Path) -> Iterator[ServerProc]:
+    env = server_env(CBMIR_MODEL_DIR=str(tiny_model), CBMIR_DATA_DIR=str(tmp_path / "data"))
+    with ServerProc(env, tmp_path / "server.log") as srv:
+        yield srv.start()
 
 
-def test_serve_index_search_then_sigterm(
-    server: Server, tmp_path: Path,
-) -> None:
-    proc, url, env = server
+def test_serve_index_search_then_sigterm(server: ServerProc) -> None:
+    url, env = server.url, server.env
     paths = demo_files(per_class=1)
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
     r = httpx.post(f"{url}/index", files=files, data={"label": [p.parent.name for p in paths]},
@@ -77,16 +34,15 @@ def test_serve_index_search_then_sigterm(
     assert r.status_code == 200 and r.json()["results"][0]["id"] == first["id"]
 
     # A second process on the same data directory is refused with one line.
-    second = subprocess.run([CBMIR, "serve", "--port", str(_free_port())], env=env, text=True,
+    second = subprocess.run([CBMIR, "serve", "--port", str(free_port())], env=env, text=True,
                             capture_output=True, timeout=120)
     assert second.returncode == 2, second.stderr
     assert "Traceback" not in second.stderr
     (line,) = [ln for ln in second.stderr.splitlines() if ln.startswith("cbmir:")]
     assert line.startswith("cbmir: error: data directory") and "in use" in line
 
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
+    assert server.terminate() == 0, server.log()
+    out = server.log()
     assert "index snapshot saved (6 vectors)" in out
     assert "Traceback" not in out
 
@@ -109,7 +65,7 @@ def test_bad_settings_exit_2_with_one_line(
 
 
 def test_bad_model_dir_as_a_real_process(tmp_path: Path) -> None:
-    done = subprocess.run([CBMIR, "serve"], env=_env(CBMIR_MODEL_DIR=str(tmp_path)), text=True,
-                          capture_output=True, timeout=120)
+    done = subprocess.run([CBMIR, "serve"], env=server_env(CBMIR_MODEL_DIR=str(tmp_path)),
+                          text=True, capture_output=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == f"cbmir: error: CBMIR_MODEL_DIR {tmp_path} has no config.json\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
@@ -14,8 +15,10 @@ from app.schemas import ErrorResponse, IndexedItem, IndexResponse
 
 router = APIRouter(tags=["index"])
 
+MAX_METADATA_DEPTH = 16
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)
 }
 
 
@@ -37,14 +40,49 @@ def _metadata(given: list[str] | None, n: int) -> list[dict[str, Any]]:
         )
     parsed: list[dict[str, Any]] = []
     for i, text in enumerate(given):
+        what = f"metadata field {i + 1}"
         try:
-            value = json.loads(text) if text.strip() else {}
-        except ValueError:
-            raise InvalidInput(f"metadata field {i + 1} is not valid JSON") from None
+            value = (
+                json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+                if text.strip() else {}
+            )
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested very deep
+            raise InvalidInput(f"{what} is not valid JSON") from None
         if not isinstance(value, dict):
-            raise InvalidInput(f"metadata field {i + 1} must be a JSON object")
+            raise InvalidInput(f"{what} must be a JSON object")
+        _check_stored_form(value, what)
         parsed.append(value)
     return parsed * n if len(parsed) == 1 else parsed
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json accepts them
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError("number out of range")
+    return value
+
+
+def _check_stored_form(value: dict[str, Any], what: str) -> None:
+    """Metadata is stored and returned with every search hit, so it must be something a
+    response can always encode: a bounded depth (the response serializer recurses) and no
+    lone surrogates (``"\\ud800"`` parses, but cannot be written as UTF-8)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise InvalidInput(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} holds text that is not valid Unicode") from None
 
 
 @router.post(

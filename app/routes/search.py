@@ -14,7 +14,7 @@ from app.schemas import ErrorResponse, Prediction, SearchHit, SearchResponse
 router = APIRouter(tags=["search"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)
 }
 
 
