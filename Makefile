@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	command -v wrk >/dev/null 2>&1 || apt-get install -y --no-install-recommends wrk || echo "bench: no wrk, using the Python load generator"
 	$(BIN)/python -m bench.run
 
 bench-quick: $(STAMP)
