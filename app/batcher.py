@@ -3,9 +3,14 @@
 A single worker thread owns the model. Requests submit a job (their prepared ``uint8``
 images) and get a ``concurrent.futures.Future``; async callers await it through
 :func:`asyncio.wrap_future`, so the event loop never blocks on inference. The worker takes
-the first waiting job, then keeps collecting jobs for at most ``wait_ms`` or until
-``max_batch`` images, runs one ``embed`` call and splits the result back per job. A job is
-never split, so a request's images always come from one forward pass.
+the first waiting job and every job already queued behind it (up to ``max_batch`` images),
+runs one ``embed`` call and splits the result back per job. A job is never split, so a
+request's images always come from one forward pass.
+
+Waiting for companions is adaptive: only when the previous batch held more than one job
+(concurrent traffic) does the worker wait up to ``wait_ms`` for more. A lone client never
+pays that wait, and under load the queue fills while the previous forward pass runs, so
+batches form on their own (bench/RESULTS.md: p50 at one client fell by the whole wait).
 
 Back-pressure: when more than ``max_queue`` images would be waiting, :class:`Overloaded`
 is raised at once (HTTP 503 + ``Retry-After``) rather than letting latency grow unbounded.
@@ -63,6 +68,7 @@ class MicroBatcher:
         self._pending = 0  # images queued, not yet taken by the worker
         self._cond = threading.Condition()
         self._closed = False
+        self._last_jobs = 0  # jobs in the previous batch: >1 means concurrent traffic
         self._thread = threading.Thread(target=self._run, name="cbmir-batcher", daemon=True)
         self._thread.start()
 
@@ -110,7 +116,8 @@ class MicroBatcher:
                 self._cond.wait()
             batch = [self._jobs.popleft()]
             total = batch[0].n
-            deadline = time.monotonic() + self.wait_s
+            wait_s = self.wait_s if self._last_jobs > 1 else 0.0
+            deadline = time.monotonic() + wait_s
             while total < self.max_batch:
                 if self._jobs:
                     if total + self._jobs[0].n > self.max_batch:
@@ -124,6 +131,7 @@ class MicroBatcher:
                     break
                 self._cond.wait(remaining)
             self._pending -= total
+            self._last_jobs = len(batch)
             return batch
 
     def _run(self) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import faiss
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
@@ -206,6 +207,11 @@ class Retriever:
             scope, labels = "label", [label]
         elif scope == "predicted":
             labels = [predicted]
+        # One query per request: the service parallelises across requests, and an OpenMP
+        # team per single-query search only adds thread coordination (several ms on a
+        # busy 2-core machine). The setting is per calling thread, so bulk work elsewhere
+        # (index rebuilds) keeps its threads.
+        faiss.omp_set_num_threads(1)
         with self.metrics.stage.labels("search").time():
             res = self.index.search(emb.vectors, k, labels)
         ids = [int(i) for i in res.ids[0] if i >= 0]

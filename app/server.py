@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -49,6 +50,14 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) ->
     from app.main import create_app
 
     preflight(settings)
+    # The batcher thread, the decoding threads and the event loop take turns on the GIL;
+    # a thread that has finished C work (a forward pass, a decode) waits up to one switch
+    # interval to get it back. The interpreter's 5 ms default is tuned for throughput of
+    # CPU-bound Python threads, not for millisecond-scale request hand-offs.
+    sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
