@@ -23,9 +23,10 @@ def _p50_note(svc: dict[str, Any]) -> str | None:
     text = (f"/search p50 at 1 client is {v['p50_ms']:.2f} ms against the floor's "
             f"{f['p50_ms']:.2f} ms (budget {budget:.2f} ms). Mean stage times inside the "
             "service: " + ", ".join(f"{k} {x:.2f} ms" for k, x in known.items())
-            + f"; the remaining {rest:.2f} ms is waiting: the batcher holds a lone request up "
-            f"to {wait} ms (CBMIR_BATCH_WAIT_MS) for companions, plus hand-offs between the "
-            "event loop, the thread pool and the batcher thread on busy cores.")
+            + f"; the remaining {rest:.2f} ms is hand-offs between the event loop, the thread "
+            "pool and the batcher thread (the batcher no longer waits for companions when "
+            f"traffic is not concurrent, so CBMIR_BATCH_WAIT_MS={wait} costs a lone client "
+            "nothing) and the service's own HTTP work (metrics and upload-limit middleware).")
     if sum(known.values()) > budget:
         text += (f" The work alone ({sum(known.values()):.2f} ms) exceeds the budget, so "
                  "removing every wait would not meet the target; the forward pass must get "
