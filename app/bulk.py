@@ -18,7 +18,7 @@ from app.config import Settings
 from app.errors import ApiError
 from app.prepare import Upload
 from app.retriever import Retriever
-from models.imageio import SUPPORTED_EXTENSIONS, ImageDecodeError, sniff_format
+from models.imageio import ImageDecodeError, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +26,6 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 BATCH = 64
 
 Entry = tuple[Path, str | None]  # file, given label (None: predicted)
-
-
-def _is_image(path: Path) -> bool:
-    if path.name.startswith(".") or not path.is_file():
-        return False
-    if path.suffix.lower() in SUPPORTED_EXTENSIONS:
-        return True
-    if path.suffix:
-        return False
-    # Extension-less files are common for DICOM: sniff the header.
-    with path.open("rb") as f:
-        return sniff_format(f.read(1024)) is not None
 
 
 def collect(folder: Path, classes: Sequence[str]) -> list[Entry]:
@@ -52,8 +40,8 @@ def collect(folder: Path, classes: Sequence[str]) -> list[Entry]:
             if label is None:
                 log.warning("folder %r is not a model class (%s): labels will be predicted",
                             path.name, ", ".join(classes))
-            entries += [(p, label) for p in sorted(path.rglob("*")) if _is_image(p)]
-        elif _is_image(path):
+            entries += [(p, label) for p in sorted(path.rglob("*")) if is_image_file(p)]
+        elif is_image_file(path):
             entries.append((path, None))
     return entries
 

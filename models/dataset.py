@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.config import ModelConfig
-from models.imageio import SUPPORTED_EXTENSIONS, ImageDecodeError, read_image_file
+from models.imageio import ImageDecodeError, is_image_file, read_image_file
 from models.preprocess import prepare
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,6 @@ class Prepared:
     failed: int
 
 
-def _is_image_name(path: Path) -> bool:
-    return not path.name.startswith(".") and (
-        path.suffix.lower() in SUPPORTED_EXTENSIONS or path.suffix == ""
-    )
-
-
 def _fingerprint(records: Sequence[Record], root: Path) -> str:
     h = hashlib.sha256()
     for r in sorted(records, key=lambda r: str(r.path)):
@@ -77,7 +71,7 @@ def _fingerprint(records: Sequence[Record], root: Path) -> str:
 def _scan_folders(root: Path) -> dict[str, list[Path]]:
     classes: dict[str, list[Path]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in sub.rglob("*") if p.is_file() and _is_image_name(p))
+        files = sorted(p for p in sub.rglob("*") if is_image_file(p))
         if not files:
             log.warning("class folder %s holds no image files; skipped", sub.name)
             continue
@@ -139,7 +133,7 @@ def scan_dataset(root: Path, split_csv: Path | None = None, *, seed: int = 0) ->
         records, skipped = _read_split_csv(root, Path(split_csv))
     else:
         classes = _scan_folders(root)
-        flat = [p for p in root.iterdir() if p.is_file() and _is_image_name(p)]
+        flat = [p for p in root.iterdir() if is_image_file(p)]
         if not classes and flat:
             raise DatasetError(
                 f"{root} holds images but no class sub-folders; put each class in its own folder"

@@ -149,6 +149,20 @@ _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
 _EXIF_ORIENTATION = 0x0112
 
 
+def is_image_file(path: Path) -> bool:
+    """Whether a file in an image folder should be read as an image: not hidden, and a
+    supported extension or none at all with a recognised header (extension-less files
+    are common for DICOM)."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    if path.suffix.lower() in SUPPORTED_EXTENSIONS:
+        return True
+    if path.suffix:
+        return False
+    with path.open("rb") as f:
+        return sniff_format(f.read(1024)) is not None
+
+
 def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLargeError:
     return ImageTooLargeError(
         f"image is too large: {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
