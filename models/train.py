@@ -29,6 +29,7 @@ from models.dataset import DatasetIndex, Record, load_prepared, scan_dataset
 from models.embed import resolve_device
 from models.imageio import ImageDecodeError, read_image_file
 from models.model_card import write_model_card, write_training_curve
+from models.preprocess import normalize
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,6 @@ def _auto_epochs(n_train: int, batch_size: int) -> int:
 @torch.no_grad()
 def _evaluate(model: CbmirCNN, x: torch.Tensor, y: torch.Tensor, cfg: ModelConfig,
               device: torch.device) -> tuple[float, float]:
-    from models.preprocess import normalize
-
     model.eval()
     loss_sum, correct = 0.0, 0
     for s in range(0, len(x), 512):
@@ -128,8 +127,6 @@ def _evaluate(model: CbmirCNN, x: torch.Tensor, y: torch.Tensor, cfg: ModelConfi
 
 def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
     """Run a whole training and write the checkpoint, curve and model card to ``args.out``."""
-    from models.preprocess import normalize
-
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
