@@ -65,3 +65,10 @@ class SearchResponse(BaseModel):
     scope: Literal["predicted", "all", "label"]
     results: list[SearchHit]
     took_ms: float
+
+
+# What an upload route can answer besides 200, declared once so the OpenAPI schema (and
+# the Schemathesis check against it) lists the same errors for /search and /index.
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)
+}

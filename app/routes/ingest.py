@@ -11,15 +11,12 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from app.deps import RetrieverDep, SettingsDep, require_write_key
 from app.errors import InvalidInput, PayloadTooLarge
 from app.prepare import Upload
-from app.schemas import ErrorResponse, IndexedItem, IndexResponse
+from app.schemas import UPLOAD_ERRORS, IndexedItem, IndexResponse
 
 router = APIRouter(tags=["index"])
 
 MAX_METADATA_DEPTH = 16
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)
-}
 
 
 def _labels(given: list[str] | None, n: int) -> list[str | None]:
@@ -89,7 +86,7 @@ def _check_stored_form(value: dict[str, Any], what: str) -> None:
     "/index",
     response_model=IndexResponse,
     dependencies=[Depends(require_write_key)],
-    responses=_ERRORS,
+    responses=UPLOAD_ERRORS,
     summary="Add images to the gallery",
 )
 async def index_images(

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from app.deps import RetrieverDep, require_read_key
 from app.retriever import elapsed_ms
-from app.schemas import ErrorResponse, Prediction, SearchHit, SearchResponse
+from app.schemas import UPLOAD_ERRORS, Prediction, SearchHit, SearchResponse
 
 router = APIRouter(tags=["search"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)
-}
 
 
 @router.post(
     "/search",
     response_model=SearchResponse,
     dependencies=[Depends(require_read_key)],
-    responses=_ERRORS,
+    responses=UPLOAD_ERRORS,
     summary="Find the stored images most similar to a query image",
 )
 async def search(
