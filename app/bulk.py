@@ -18,7 +18,8 @@ from app.config import Settings
 from app.errors import ApiError
 from app.prepare import Upload
 from app.retriever import Retriever
-from models.imageio import ImageDecodeError, is_image_file
+from models.imaging.errors import ImageDecodeError
+from models.imaging.formats import is_image_file
 
 log = logging.getLogger(__name__)
 

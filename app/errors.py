@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.imageio import ImageDecodeError
+from models.imaging.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
 

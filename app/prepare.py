@@ -14,7 +14,9 @@ import numpy as np
 
 from app.errors import InvalidInput
 from models.embed import Embedder
-from models.imageio import DecodedImage, ImageDecodeError, decode_image
+from models.imaging.decode import decode_image
+from models.imaging.errors import ImageDecodeError
+from models.imaging.formats import DecodedImage
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from app.prepare import Prepared, Upload, prepare_query, prepare_uploads
 from app.storage import Item, LabelSource, NewItem, Store
 from index import FaissIndex
 from models.embed import Embedder, Embedding
-from models.imageio import decode_image, render_png
+from models.imaging.decode import decode_image
+from models.imaging.render import render_png
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import torch
 from bench.common import median, thread_limit
 from models.cnn import flops_per_image
 from models.embed import Embedder
-from models.imageio import decode_image
+from models.imaging.decode import decode_image
 
 log = logging.getLogger(__name__)
 

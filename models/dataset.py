@@ -22,7 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from models.config import ModelConfig
-from models.imageio import ImageDecodeError, is_image_file, read_image_file
+from models.imaging.decode import read_image_file
+from models.imaging.errors import ImageDecodeError
+from models.imaging.formats import is_image_file
 from models.preprocess import prepare
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from models.cnn import CbmirCNN, flops_per_image, set_memory_format
 from models.config import ModelConfig
 from models.dataset import DatasetIndex, Record, load_prepared, scan_dataset
 from models.embed import resolve_device
-from models.imageio import ImageDecodeError, read_image_file
+from models.imaging.decode import read_image_file
+from models.imaging.errors import ImageDecodeError
 from models.model_card import write_model_card, write_training_curve
 from models.preprocess import normalize
 

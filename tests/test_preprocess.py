@@ -11,7 +11,7 @@ from PIL import Image
 
 from models.config import ModelConfig
 from models.dataset import Record, load_prepared
-from models.imageio import decode_image, read_image_file
+from models.imaging.decode import decode_image, read_image_file
 from models.preprocess import normalize, prepare
 
 DEMO = Path(__file__).resolve().parents[1] / "app" / "demo"

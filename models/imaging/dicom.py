@@ -7,7 +7,7 @@ modality chose (the first one when several are offered) or, without one, a robus
 out), then MONOCHROME1 inversion. Colour (RGB, YBR_*, PALETTE COLOR) becomes "RGB".
 
 Only :func:`decode_dicom` is public, and it is meant to be reached through
-:func:`models.imageio.decode_image`. Patient fields (name, id, birth date, ...) are never
+:func:`models.imaging.decode.decode_image`. Patient fields (name, id, birth date, ...) are never
 read, so they cannot reach a message, a log line or the returned metadata.
 """
 
@@ -33,15 +33,14 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
-from models.imageio import (
-    CONTENT_TYPES,
+from models.imaging.errors import (
     CorruptImageError,
-    DecodedImage,
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedFormatError,
     UnsupportedTransferSyntaxError,
 )
+from models.imaging.formats import CONTENT_TYPES, DecodedImage
 
 log = logging.getLogger(__name__)
 
@@ -281,9 +280,7 @@ def _decode(ds: Dataset, max_pixels: int) -> DecodedImage:
     if rows <= 0 or columns <= 0:
         raise CorruptImageError("DICOM file has no pixels (zero Rows or Columns)")
     if rows * columns > max_pixels:
-        raise ImageTooLargeError(
-            f"image is too large: {columns}x{rows} pixels exceeds the limit of {max_pixels} pixels"
-        )
+        raise ImageTooLargeError.of_size(columns, rows, max_pixels)
     frames = int(ds.get("NumberOfFrames") or 1)
     index = frames // 2 if frames > 1 else 0
     # Only the chosen frame is decoded, never the whole volume.

@@ -1,4 +1,4 @@
-"""models.imageio / models.dicom: every supported format and mode decodes to 8-bit L/RGB,
+"""models.imaging: every supported format and mode decodes to 8-bit L/RGB,
 and every hostile input becomes an ImageDecodeError with the right HTTP status.
 
 Offline and fast: images are generated in memory, DICOM files come from pydicom's bundled
@@ -35,20 +35,16 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from models.imageio import (
-    DEFAULT_MAX_PIXELS,
-    SUPPORTED_EXTENSIONS,
+from models.imaging.decode import DEFAULT_MAX_PIXELS, decode_image, read_image_file
+from models.imaging.errors import (
     CorruptImageError,
-    DecodedImage,
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedFormatError,
     UnsupportedTransferSyntaxError,
-    decode_image,
-    read_image_file,
-    render_png,
-    sniff_format,
 )
+from models.imaging.formats import SUPPORTED_EXTENSIONS, DecodedImage, sniff_format
+from models.imaging.render import render_png
 
 RNG_SEED = 20240607
 
