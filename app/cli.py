@@ -27,7 +27,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from models.train import TrainArgs, train
+    from models.training.train import TrainArgs, train
 
     args = TrainArgs(
         data=str(a.data), out=str(a.out), split_csv=str(a.split_csv) if a.split_csv else None,
@@ -44,14 +44,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from models.evaluate import run_evaluation
+    from models.training.evaluate import run_evaluation
 
     report = run_evaluation(
         Path(a.model), Path(a.data), Path(a.split_csv) if a.split_csv else None, Path(a.out),
         device=a.device, max_queries=a.max_queries, progress=not a.no_progress,
     )
     if a.record:
-        from models.evaluate import record_in_model_card
+        from models.training.report import record_in_model_card
 
         record_in_model_card(Path(a.model), Path(a.out))
     c, r = report["classification"], report["retrieval"]

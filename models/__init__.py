@@ -1,6 +1,8 @@
-"""The CNN of cbmir: architecture, preprocessing, training, embedding and evaluation.
+"""A trained model of cbmir: architecture (cnn), config, checkpoint, preprocessing, embedding.
 
-Never imports :mod:`app`; the service depends on this package, not the other way round.
+Beside it, :mod:`models.imaging` turns bytes into pixels and :mod:`models.training` makes
+and judges a model. Never imports :mod:`app`; the service depends on this package, not the
+other way round.
 """
 
 from pathlib import Path

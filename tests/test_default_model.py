@@ -10,8 +10,8 @@ import pytest
 
 from models import DEFAULT_MODEL_DIR
 from models.config import WEIGHTS_FILE
-from models.dataset import Record, load_prepared
 from models.embed import Embedder
+from models.training.dataset import Record, load_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDNIST = ROOT.parent / "shared" / "data" / "mednist"

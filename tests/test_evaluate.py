@@ -15,7 +15,8 @@ from PIL import Image
 from models.checkpoint import load_checkpoint, load_config, save_checkpoint
 from models.cnn import CbmirCNN
 from models.config import ModelConfig
-from models.evaluate import record_in_model_card, run_evaluation
+from models.training.evaluate import run_evaluation
+from models.training.report import record_in_model_card
 
 CLASSES = ["ClassA", "ClassB", "ClassC"]
 PER_SPLIT = {"train": 4, "val": 2, "test": 3}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics import (
+from models.training.metrics import (
     RECALL_LEVELS,
     accuracy,
     average_precision,

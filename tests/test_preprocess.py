@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from models.config import ModelConfig
-from models.dataset import Record, load_prepared
 from models.imaging.decode import decode_image, read_image_file
 from models.preprocess import normalize, prepare
+from models.training.dataset import Record, load_prepared
 
 DEMO = Path(__file__).resolve().parents[1] / "app" / "demo"
 

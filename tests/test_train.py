@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from models.checkpoint import load_checkpoint
-from models.dataset import DatasetError, scan_dataset
 from models.embed import Embedder
-from models.train import TrainArgs, train
+from models.training.dataset import DatasetError, scan_dataset
+from models.training.train import TrainArgs, train
 
 DEMO = Path(__file__).resolve().parents[1] / "app" / "demo"
 

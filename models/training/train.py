@@ -21,16 +21,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from models.augment import augment
 from models.checkpoint import save_checkpoint
 from models.cnn import CbmirCNN, flops_per_image, set_memory_format
 from models.config import ModelConfig
-from models.dataset import DatasetIndex, Record, load_prepared, scan_dataset
 from models.embed import resolve_device
 from models.imaging.decode import read_image_file
 from models.imaging.errors import ImageDecodeError
-from models.model_card import write_model_card, write_training_curve
 from models.preprocess import normalize
+from models.training.augment import augment
+from models.training.dataset import DatasetIndex, Record, load_prepared, scan_dataset
+from models.training.model_card import write_model_card, write_training_curve
 
 log = logging.getLogger(__name__)
 
