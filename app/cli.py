@@ -64,8 +64,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_index(a: argparse.Namespace) -> int:
-    from app.bulk import index_folder
     from app.config import load_settings
+    from app.service.bulk import index_folder
 
     summary = index_folder(Path(a.folder), load_settings(), progress=not a.no_progress)
     sys.stdout.write(json.dumps(summary) + "\n")

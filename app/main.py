@@ -16,13 +16,13 @@ import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.bulk import seed_demo
+from app.api.errors import install_handlers
+from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.api.routes import routers
 from app.config import Settings, load_settings
-from app.errors import install_handlers
-from app.middleware import BodyLimitMiddleware
-from app.observability import Metrics, MetricsMiddleware
-from app.retriever import Retriever
-from app.routes import routers
+from app.service.bulk import seed_demo
+from app.service.metrics import Metrics
+from app.service.retriever import Retriever
 
 log = logging.getLogger(__name__)
 

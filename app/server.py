@@ -27,8 +27,8 @@ def _stopped(signum: int, frame: FrameType | None) -> None:
 
 def preflight(settings: Settings) -> None:
     """The cheap start-up checks, done before the port opens so errors are immediate."""
-    from app.lock import DataDirLock
-    from app.storage import DB_FILE, Store
+    from app.service.lock import DataDirLock
+    from app.service.store import DB_FILE, Store
     from models.checkpoint import load_config
 
     DataDirLock(settings.data_dir).acquire().release()

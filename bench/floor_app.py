@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Query, UploadFile
 
-from app.schemas import Prediction, SearchHit, SearchResponse
+from app.api.schemas import Prediction, SearchHit, SearchResponse
 
 CLASSES = ["AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT"]
 

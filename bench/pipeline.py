@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from app.config import load_settings
-from app.prepare import Upload, prepare_query
-from app.retriever import Retriever, Scope
+from app.service.retriever import Retriever, Scope
+from app.service.uploads import Upload, prepare_query
 from bench.common import median
 from bench.data import Img
 from models.embed import Embedding

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.storage import DB_FILE, Store
+from app.service.store import DB_FILE, Store
 from bench import servers
 from bench.common import REPO, rss_bytes, stop_process
 from bench.http import run_load

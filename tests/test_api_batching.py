@@ -11,8 +11,8 @@ import pytest
 from conftest import png_bytes
 from fastapi.testclient import TestClient
 
-from app.batcher import MicroBatcher, Overloaded
 from app.config import Settings
+from app.service.batcher import MicroBatcher, Overloaded
 from models.embed import Embedding
 
 

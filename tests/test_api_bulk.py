@@ -11,10 +11,10 @@ import pytest
 from conftest import demo_files, png_bytes, wait_ready
 from fastapi.testclient import TestClient
 
-from app.bulk import index_folder
 from app.cli import main
 from app.config import Settings
 from app.main import create_app
+from app.service.bulk import index_folder
 
 
 def _folder(root: Path) -> Path:

@@ -11,8 +11,8 @@ from conftest import CLASSES, DEMO_DIR, demo_files, index_bytes, png_bytes, wait
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.lock import DataDirLocked
 from app.main import create_app
+from app.service.lock import DataDirLocked
 
 
 def _top1(c: TestClient, data: bytes) -> Any:
@@ -97,7 +97,7 @@ def test_second_process_on_the_same_data_dir_is_refused(
 ) -> None:
     settings = make_settings()
     open_client(settings)
-    from app.bulk import index_folder
+    from app.service.bulk import index_folder
 
     try:
         index_folder(demo_files()[0].parent, settings, progress=False)

@@ -27,10 +27,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
+from app.api.routes.ingest import MAX_METADATA_DEPTH
 from app.config import Settings
 from app.main import create_app
-from app.routes.ingest import MAX_METADATA_DEPTH
-from app.storage import ORIGINALS
+from app.service.store import ORIGINALS
 
 MAX_FILES = 3
 NOT_IMAGE = "not a supported image (PNG, JPEG, TIFF, BMP or DICOM)"

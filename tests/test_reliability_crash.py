@@ -34,7 +34,7 @@ import pytest
 from conftest import png_bytes
 from serverproc import ServerProc, poll, server_env
 
-from app.storage import DB_FILE, ORIGINALS
+from app.service.store import DB_FILE, ORIGINALS
 
 # CBMIR_SOAK=1 (`make soak`): ten times the images and kills. Read at import: the
 # autouse fixture that clears CBMIR_* runs later.

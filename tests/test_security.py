@@ -27,7 +27,7 @@ from serverproc import ServerProc, server_env
 
 from app.config import Settings
 from app.main import create_app
-from app.storage import DB_FILE
+from app.service.store import DB_FILE
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.config import CONFIG_FILE, WEIGHTS_FILE
 

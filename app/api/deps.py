@@ -9,9 +9,9 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from app.config import Settings
-from app.errors import Unauthorized, Unavailable
-from app.observability import Metrics
-from app.retriever import Retriever
+from app.service.errors import Unauthorized, Unavailable
+from app.service.metrics import Metrics
+from app.service.retriever import Retriever
 
 
 def get_settings(request: Request) -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.schemas import HealthResponse, StartingResponse
+from app.api.schemas import HealthResponse, StartingResponse
 
 router = APIRouter(tags=["health"])
 

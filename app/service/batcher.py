@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.errors import Unavailable
+from app.service.errors import Unavailable
 from models.embed import Embedding
 
 log = logging.getLogger(__name__)

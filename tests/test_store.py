@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.lock import DataDirLock, DataDirLocked
-from app.storage import NewItem, Store, StoreMismatchError
+from app.service.lock import DataDirLock, DataDirLocked
+from app.service.store import NewItem, Store, StoreMismatchError
 
 
 def _item(data: bytes, label: str = "CXR", seed: int = 0) -> NewItem:

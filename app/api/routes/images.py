@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import RetrieverDep, require_read_key, require_write_key
-from app.schemas import ErrorResponse
+from app.api.deps import RetrieverDep, require_read_key, require_write_key
+from app.api.schemas import ErrorResponse
 
 router = APIRouter(tags=["images"])
 

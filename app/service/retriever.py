@@ -16,14 +16,14 @@ import faiss
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.batcher import MicroBatcher
 from app.config import Settings
-from app.errors import InvalidInput, NotFound
-from app.indexing import Snapshotter, open_index
-from app.lock import DataDirLock
-from app.observability import Metrics
-from app.prepare import Prepared, Upload, prepare_query, prepare_uploads
-from app.storage import Item, LabelSource, NewItem, Store
+from app.service.batcher import MicroBatcher
+from app.service.errors import InvalidInput, NotFound
+from app.service.lock import DataDirLock
+from app.service.metrics import Metrics
+from app.service.snapshots import Snapshotter, open_index
+from app.service.store import Item, LabelSource, NewItem, Store
+from app.service.uploads import Prepared, Upload, prepare_query, prepare_uploads
 from index import FaissIndex
 from models.embed import Embedder, Embedding
 from models.imaging.decode import decode_image

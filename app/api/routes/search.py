@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from app.deps import RetrieverDep, require_read_key
-from app.retriever import elapsed_ms
-from app.schemas import UPLOAD_ERRORS, Prediction, SearchHit, SearchResponse
+from app.api.deps import RetrieverDep, require_read_key
+from app.api.schemas import UPLOAD_ERRORS, Prediction, SearchHit, SearchResponse
+from app.service.retriever import elapsed_ms
 
 router = APIRouter(tags=["search"])
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import InvalidInput
+from app.service.errors import InvalidInput
 from models.embed import Embedder
 from models.imaging.decode import decode_image
 from models.imaging.errors import ImageDecodeError

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.deps import MetricsDep
-from app.observability import CONTENT_TYPE
+from app.api.deps import MetricsDep
+from app.service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 

@@ -1,6 +1,6 @@
 """The FAISS index as data derived from SQLite: open + reconcile at start, snapshot after.
 
-See :mod:`app.storage` for the durability design this implements.
+See :mod:`app.service.store` for the durability design this implements.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from app.config import Settings
-from app.storage import Store
+from app.service.store import Store
 from index import FaissIndex, IndexCorruptError, IndexMismatchError
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.service.metrics import Metrics
 
 
 class _BodyTooLarge(Exception):
@@ -85,3 +88,34 @@ class BodyLimitMiddleware:
                 raise
         if exceeded and not started:
             await _send_error(send, 413, self.detail)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no body buffering) counting and timing every HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router stores the matched route in the (shared) scope; unmatched paths
+            # share one label so a scanner cannot create unbounded series.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - t0)

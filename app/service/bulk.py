@@ -1,7 +1,7 @@
 """Bulk ingestion through the service's own ingest path: ``cbmir index`` and demo seeding.
 
 Folders are read in batches of 64 and each batch goes through
-:meth:`app.retriever.Retriever.ingest_sync` — the very steps ``POST /index`` takes — so a
+:meth:`app.service.retriever.Retriever.ingest_sync` — the very steps ``POST /index`` takes — so a
 bulk-loaded image is stored exactly as an uploaded one would be.
 """
 
@@ -15,15 +15,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from app.config import Settings
-from app.errors import ApiError
-from app.prepare import Upload
-from app.retriever import Retriever
+from app.service.errors import ApiError
+from app.service.retriever import Retriever
+from app.service.uploads import Upload
 from models.imaging.errors import ImageDecodeError
 from models.imaging.formats import is_image_file
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 BATCH = 64
 
 Entry = tuple[Path, str | None]  # file, given label (None: predicted)

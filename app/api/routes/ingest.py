@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from app.deps import RetrieverDep, SettingsDep, require_write_key
-from app.errors import InvalidInput, PayloadTooLarge
-from app.prepare import Upload
-from app.schemas import UPLOAD_ERRORS, IndexedItem, IndexResponse
+from app.api.deps import RetrieverDep, SettingsDep, require_write_key
+from app.api.schemas import UPLOAD_ERRORS, IndexedItem, IndexResponse
+from app.service.errors import InvalidInput, PayloadTooLarge
+from app.service.uploads import Upload
 
 router = APIRouter(tags=["index"])
 
