@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from app.config import load_settings
-from app.service.retriever import Retriever, Scope
+from app.service.retriever import Retriever
+from app.service.search import Scope
 from app.service.uploads import Upload, prepare_query
 from bench.common import median
 from bench.data import Img
@@ -32,8 +33,8 @@ def _search_batch(r: Retriever, blobs: list[bytes], k: int, scope: Scope) -> Non
     arrays = np.stack([prepare_query(b, r.embedder) for b in blobs])
     emb = r.embedder.embed_prepared(arrays, batch_size=len(arrays))
     for i in range(len(arrays)):
-        # Retriever._search is the step the /search route runs after the model.
-        r._search(Embedding(emb.vectors[i : i + 1], emb.probabilities[i : i + 1]), k, scope,
+        # Searcher.rank is the step the /search route runs after the model.
+        r.searcher.rank(Embedding(emb.vectors[i : i + 1], emb.probabilities[i : i + 1]), k, scope,
                   None)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.service.retriever import Scope
+from app.service.search import Scope
 from bench import profile, servers
 from bench.common import loadavg, stop_process, thread_limit
 from bench.data import ImageSets

@@ -18,7 +18,6 @@ router = APIRouter(tags=["index"])
 MAX_METADATA_DEPTH = 16
 
 
-
 def _labels(given: list[str] | None, n: int) -> list[str | None]:
     if not given:
         return [None] * n

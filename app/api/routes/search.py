@@ -9,10 +9,12 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from app.api.deps import RetrieverDep, require_read_key
 from app.api.schemas import UPLOAD_ERRORS, Prediction, SearchHit, SearchResponse
-from app.service.retriever import elapsed_ms
 
 router = APIRouter(tags=["search"])
 
+
+def elapsed_ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
 
 
 @router.post(

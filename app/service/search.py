@@ -1,0 +1,91 @@
+"""Searching: classify the query, pick the scope, rank the index, attach the stored rows.
+
+Scope ``predicted`` (the paper's method) searches only the predicted class's sub-index,
+``all`` every class, and an explicit ``label`` that class instead (scope ``label``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from app.service.batcher import MicroBatcher
+from app.service.errors import InvalidInput
+from app.service.metrics import Metrics
+from app.service.store import Store
+from app.service.uploads import prepare_query
+from index import FaissIndex
+from models.embed import Embedder, Embedding
+
+Scope = Literal["predicted", "all", "label"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+    label: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    scope: Scope
+    hits: list[Hit]
+
+
+@dataclass
+class Searcher:
+    embedder: Embedder
+    store: Store
+    index: FaissIndex
+    batcher: MicroBatcher
+    metrics: Metrics
+
+    @property
+    def classes(self) -> list[str]:
+        return self.embedder.class_names
+
+    async def search(self, data: bytes, k: int, scope: Scope, label: str | None) -> SearchOutcome:
+        if label is not None and label not in self.classes:
+            raise InvalidInput(f"unknown label {label!r}; known: {', '.join(self.classes)}")
+        with self.metrics.stage.labels("decode").time():
+            query = await run_in_threadpool(prepare_query, data, self.embedder)
+        emb = await self.batcher.embed(query[None])
+        return await run_in_threadpool(self.rank, emb, k, scope, label)
+
+    def rank(self, emb: Embedding, k: int, scope: Scope, label: str | None) -> SearchOutcome:
+        """What a search does after the model: the scope's sub-indexes, then the rows."""
+        probs = emb.probabilities[0]
+        best = int(np.argmax(probs))
+        predicted = self.classes[best]
+        labels: list[str] | None = None
+        if label is not None:
+            scope, labels = "label", [label]
+        elif scope == "predicted":
+            labels = [predicted]
+        # One query per request: the service parallelises across requests, and an OpenMP
+        # team per single-query search only adds thread coordination (several ms on a
+        # busy 2-core machine). The setting is per calling thread, so bulk work elsewhere
+        # (index rebuilds) keeps its threads.
+        faiss.omp_set_num_threads(1)
+        with self.metrics.stage.labels("search").time():
+            res = self.index.search(emb.vectors, k, labels)
+        ids = [int(i) for i in res.ids[0] if i >= 0]
+        rows = self.store.get_many(ids)
+        hits = [
+            Hit(i, float(s), rows[i].label, rows[i].metadata)
+            for i, s in zip(res.ids[0], res.scores[0], strict=True)
+            if i >= 0 and int(i) in rows  # a row deleted since the search is skipped
+        ]
+        return SearchOutcome(
+            predicted, float(probs[best]),
+            {c: float(p) for c, p in zip(self.classes, probs, strict=True)}, scope, hits,
+        )
