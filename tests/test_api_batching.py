@@ -11,6 +11,7 @@ import pytest
 from conftest import png_bytes
 from fastapi.testclient import TestClient
 
+from app.api.errors import http_status
 from app.config import Settings
 from app.service.batcher import MicroBatcher, Overloaded
 from models.embed import Embedding
@@ -67,7 +68,7 @@ def test_overload_is_refused_immediately() -> None:
         b.submit(_images(3, 1))
         with pytest.raises(Overloaded) as e:
             b.submit(_images(2, 2))
-        assert e.value.status_code == 503 and e.value.headers == {"Retry-After": "1"}
+        assert http_status(e.value) == (503, {"Retry-After": "1"})
     finally:
         model.release.set()
         b.close()

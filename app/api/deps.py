@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from app.api.errors import Unauthorized
 from app.config import Settings
-from app.service.errors import Unauthorized, Unavailable
+from app.service.errors import Unavailable
 from app.service.metrics import Metrics
 from app.service.retriever import Retriever
 

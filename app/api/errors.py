@@ -1,8 +1,9 @@
-"""Domain exceptions and the one place they become HTTP answers.
+"""The one place where exceptions become HTTP answers.
 
 Every error body is ``{"detail": "<one line>"}``. Bad input must never surface as a 500:
-decode failures carry their own status, validation errors are flattened to one line,
-and only an unexpected exception (a bug) reaches the catch-all, which logs it.
+the exceptions the service and the decoder raise on purpose carry no status of their own,
+and :data:`HTTP_STATUS` below gives each its answer; validation errors are flattened to
+one line, and only an unexpected exception (a bug) reaches the catch-all, which logs it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,47 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.service.errors import ApiError
-from models.imaging.errors import ImageDecodeError
+from app.service.errors import InvalidInput, NotFound, ServiceError, Unavailable
+from models.imaging.errors import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
 
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+class Unauthorized(ServiceError):
+    """A missing or wrong ``X-API-Key`` where the key is required."""
+
+
+class TooManyFiles(ServiceError):
+    """More files in one ``POST /index`` than ``CBMIR_MAX_FILES``."""
+
+
+Headers = dict[str, str] | None
+
+HTTP_STATUS: dict[type[Exception], tuple[int, Headers]] = {
+    # Decoding (models.imaging).
+    UnsupportedFormatError: (415, None),  # UnsupportedTransferSyntaxError included
+    ImageTooLargeError: (413, None),
+    ImageDecodeError: (422, None),  # CorruptImageError, and any other decode failure
+    # The service (app.service) and this layer.
+    InvalidInput: (422, None),
+    NotFound: (404, None),
+    TooManyFiles: (413, None),
+    Unauthorized: (401, {"WWW-Authenticate": "X-API-Key"}),
+    Unavailable: (503, {"Retry-After": "1"}),  # batcher.Overloaded included
+}
+"""Status and extra headers per exception class, looked up along the class's bases, so a
+subclass answers like the nearest listed one."""
+
+
+def http_status(exc: BaseException) -> tuple[int, Headers]:
+    """The answer :data:`HTTP_STATUS` gives ``exc`` (422 for an unlisted refusal)."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 422, None
+
+
+def error_response(status: int, detail: str, headers: Headers = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
@@ -35,13 +70,9 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.detail, exc.headers)
-
-
-async def _decode_error(_: Request, exc: Exception) -> JSONResponse:
-    return error_response(getattr(exc, "status_code", 422), str(exc).splitlines()[0])
+async def _refused(_: Request, exc: Exception) -> JSONResponse:
+    status, headers = http_status(exc)
+    return error_response(status, str(exc).splitlines()[0], headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -61,8 +92,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(ImageDecodeError, _decode_error)
+    app.add_exception_handler(ServiceError, _refused)
+    app.add_exception_handler(ImageDecodeError, _refused)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,1 +1,4 @@
-"""The Retriever and what it owns: batcher, store, snapshots, ingest; no HTTP in here."""
+"""The Retriever and what it owns: batcher, store, snapshots, ingest, search, items.
+
+No status codes in here: what this package refuses, :mod:`app.api.errors` answers.
+"""

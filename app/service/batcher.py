@@ -13,7 +13,8 @@ pays that wait, and under load the queue fills while the previous forward pass r
 batches form on their own (bench/RESULTS.md: p50 at one client fell by the whole wait).
 
 Back-pressure: when more than ``max_queue`` images would be waiting, :class:`Overloaded`
-is raised at once (HTTP 503 + ``Retry-After``) rather than letting latency grow unbounded.
+(an :class:`~app.service.errors.Unavailable`: the client is told to retry) is raised at
+once rather than letting latency grow unbounded.
 """
 
 from __future__ import annotations

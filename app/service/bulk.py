@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from app.config import Settings
-from app.service.errors import ApiError
+from app.service.errors import ServiceError
 from app.service.retriever import Retriever
 from app.service.uploads import Upload
 from models.imaging.errors import ImageDecodeError
@@ -74,13 +74,13 @@ def ingest_entries(
             counts["skipped"] += unreadable
             try:
                 done = retriever.ingest_sync(uploads)
-            except (ImageDecodeError, ApiError):
+            except (ImageDecodeError, ServiceError):
                 # One bad file fails a request as a whole; here, isolate it and go on.
                 done = []
                 for up in uploads:
                     try:
                         done += retriever.ingest_sync([up])
-                    except (ImageDecodeError, ApiError) as e:
+                    except (ImageDecodeError, ServiceError) as e:
                         log.warning("skipped %s", e)
                         counts["skipped"] += 1
             for item in done:

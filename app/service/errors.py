@@ -1,38 +1,26 @@
-"""Errors of the service whose message is safe to show the client."""
+"""Requests the service refuses on purpose, each with a message safe to show the client.
+
+They carry no HTTP status: :mod:`app.api.errors` chooses it, in one table.
+"""
 
 from __future__ import annotations
 
 
-class ApiError(Exception):
-    """An error whose message is safe to show the client."""
-
-    status_code = 400
-    headers: dict[str, str] | None = None
+class ServiceError(Exception):
+    """Base of the service's refusals; ``detail`` (= ``str(e)``) is one line for the client."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
 
-class InvalidInput(ApiError):
-    status_code = 422
+class InvalidInput(ServiceError):
+    """A request whose content cannot be used (unknown label, empty file, bad metadata)."""
 
 
-class NotFound(ApiError):
-    status_code = 404
+class NotFound(ServiceError):
+    """No stored image with that id, or its original is missing."""
 
 
-class PayloadTooLarge(ApiError):
-    status_code = 413
-
-
-class Unauthorized(ApiError):
-    status_code = 401
-    headers = {"WWW-Authenticate": "X-API-Key"}
-
-
-class Unavailable(ApiError):
-    """Overloaded or still starting: the client should retry shortly."""
-
-    status_code = 503
-    headers = {"Retry-After": "1"}
+class Unavailable(ServiceError):
+    """Overloaded, still starting or shutting down: the client should retry shortly."""

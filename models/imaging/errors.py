@@ -1,7 +1,8 @@
 """Why an image could not be decoded: the only exceptions :mod:`models.imaging` raises.
 
 ``str(e)`` is one line, safe to show a client (no raw bytes, no patient data). Exceptions of
-Pillow, pydicom and numpy never leak out of the package.
+Pillow, pydicom and numpy never leak out of the package. They carry no HTTP status: the
+service maps them in :mod:`app.api.errors`.
 """
 
 from __future__ import annotations
@@ -10,31 +11,21 @@ from __future__ import annotations
 class ImageDecodeError(ValueError):
     """Base of every decode failure; ``str(e)`` is one line, safe to show a client."""
 
-    status_code: int = 422
-
 
 class UnsupportedFormatError(ImageDecodeError):
     """Not an image this service reads (text, HTML, ZIP, PDF, GIF, empty, ...)."""
-
-    status_code = 415
 
 
 class UnsupportedTransferSyntaxError(UnsupportedFormatError):
     """A DICOM file whose (compressed) transfer syntax no installed decoder handles."""
 
-    status_code = 415
-
 
 class CorruptImageError(ImageDecodeError):
     """A known format that is truncated or broken, or a DICOM file without pixel data."""
 
-    status_code = 422
-
 
 class ImageTooLargeError(ImageDecodeError):
     """More pixels than allowed: refused before the pixels are decoded."""
-
-    status_code = 413
 
     @classmethod
     def of_size(cls, width: int, height: int, max_pixels: int) -> ImageTooLargeError:

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from app.api.deps import RetrieverDep, SettingsDep, require_write_key
+from app.api.errors import TooManyFiles
 from app.api.schemas import UPLOAD_ERRORS, IndexedItem, IndexResponse
-from app.service.errors import InvalidInput, PayloadTooLarge
+from app.service.errors import InvalidInput
 from app.service.uploads import Upload
 
 router = APIRouter(tags=["index"])
@@ -104,7 +105,7 @@ async def index_images(
     The same bytes sent again return the existing id with ``duplicate: true``.
     """
     if len(files) > settings.max_files:
-        raise PayloadTooLarge(
+        raise TooManyFiles(
             f"{len(files)} files in one request; the limit is {settings.max_files}"
         )
     labels = _labels(label, len(files))
