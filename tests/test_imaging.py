@@ -482,6 +482,31 @@ def test_dicom_slope_and_first_of_several_windows() -> None:
     assert np.array_equal(pixels(decode_image(data)), window(stored * 2 - 1024, 40, 400))
 
 
+@pytest.mark.parametrize("function", ["LINEAR_EXACT", "SIGMOID", "NOT_A_FUNCTION"])
+def test_dicom_voi_lut_functions(function: str) -> None:
+    """PS3.3 C.11.2.1.3, written out independently; an unknown function is read as LINEAR."""
+    values = HU.astype(np.float64)
+    data = make_dicom(HU, signed=True, bits_stored=16, WindowCenter=40, WindowWidth=400,
+                      VOILUTFunction=function)
+    if function == "LINEAR_EXACT":
+        expected = np.clip((values - 40) / 400 + 0.5, 0, 1) * 255
+    elif function == "SIGMOID":
+        expected = 255 / (1 + np.exp(-4 * (values - 40) / 400))
+    else:
+        expected = window(HU, 40, 400).astype(np.float64)
+    got = pixels(decode_image(data)).astype(np.float64)
+    assert np.abs(got - expected).max() <= 0.5 + 1e-9
+
+
+def test_dicom_invalid_window_falls_back_to_robust_min_max() -> None:
+    """A LINEAR width under 1 is no window (PS3.3 C.11.2.1.2.1): the 0.5-99.5 percentile
+    min-max is used, exactly as for a file without one."""
+    bad = make_dicom(HU, signed=True, bits_stored=16, WindowCenter=40, WindowWidth=0.5)
+    none = make_dicom(HU, signed=True, bits_stored=16)
+    assert np.array_equal(pixels(decode_image(bad)), pixels(decode_image(none)))
+    assert len(np.unique(pixels(decode_image(bad)))) > 2  # not a step at the bad window
+
+
 def test_dicom_monochrome1_inverted() -> None:
     stored = HU + 1024
     common: dict[str, Any] = {

@@ -1,8 +1,9 @@
 """DICOM → 8-bit PIL image, the way a radiologist's viewer would first show it.
 
 Pipeline (PS3.3 C.11): decode one frame (the middle one of a multi-frame volume or cine),
-modality LUT (Rescale Slope/Intercept, to Hounsfield units for CT), then the VOI window the
-modality chose (the first one when several are offered) or, without one, a robust min-max
+modality LUT (Rescale Slope/Intercept, to Hounsfield units for CT), then the VOI LUT or
+window the modality chose (the first one when several are offered; LINEAR, LINEAR_EXACT
+and SIGMOID windows, all by pydicom's own functions) or, without one, a robust min-max
 (0.5th-99.5th percentile, so a few hot pixels or the air around a CT do not wash the image
 out), then MONOCHROME1 inversion. Colour (RGB, YBR_*, PALETTE COLOR) becomes "RGB".
 
@@ -23,7 +24,13 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi,
+    apply_windowing,
+    get_decoder,
+)
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import (
     UID,
@@ -149,25 +156,30 @@ def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
     return None
 
 
+# pydicom windows onto the stored range of the dataset it is given; the one built in
+# _window_to_unit says unsigned 16-bit without rescale, so the output is 0..65535 exactly.
+_WINDOW_FULL = float(2**16 - 1)
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
 def _window_to_unit(
     values: np.ndarray, center: float, width: float, function: str
 ) -> np.ndarray | None:
-    """VOI window (PS3.3 C.11.2.1.2/3) to 0..1, or None when the window is invalid."""
-    if function == "SIGMOID":
-        if width <= 0:
-            return None
-        out: np.ndarray = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-        return out
-    if function == "LINEAR_EXACT":
-        if width <= 0:
-            return None
-    elif width < 1:  # LINEAR (the default)
+    """VOI window (PS3.3 C.11.2.1.2/3) to 0..1 by pydicom's :func:`apply_windowing`, or
+    None when the window is invalid (``width < 1`` for LINEAR, ``<= 0`` otherwise)."""
+    window = Dataset()
+    window.PhotometricInterpretation = "MONOCHROME2"  # MONOCHROME1 is inverted afterwards
+    window.BitsStored = 16
+    window.PixelRepresentation = 0
+    window.WindowCenter = center
+    window.WindowWidth = width
+    # An unknown function is read as LINEAR, the default (pydicom would refuse it).
+    window.VOILUTFunction = function if function in _VOI_FUNCTIONS else "LINEAR"
+    try:
+        out: np.ndarray = apply_windowing(values, window)
+    except ValueError:
         return None
-    else:
-        center, width = center - 0.5, width - 1.0
-    if width == 0:
-        return (values > center).astype(np.float32)
-    return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    return out / _WINDOW_FULL
 
 
 def _first(value: Any) -> float:
