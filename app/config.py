@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.service.faults import Faults
 from models import DEFAULT_MODEL_DIR
 from models.config import CONFIG_FILE, WEIGHTS_FILE
 
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     # team then spins waiting for a core that is busy elsewhere (bench/RESULTS.md: same
     # throughput at 16 clients for 25-45 % less CPU per request, p99 at 1 client 3x lower).
     torch_threads: int = Field(1, ge=1, le=256)
+    # Test only, never set in production: fault points to arm, "point:action,..." (see
+    # app.service.faults). Empty by default: nothing is armed.
+    test_faults: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -57,9 +61,9 @@ class Settings(BaseSettings):
             return None
         return v
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "test_faults", mode="before")
     @classmethod
-    def _split_origins(cls, v: Any) -> Any:
+    def _split_list(cls, v: Any) -> Any:
         if isinstance(v, str):
             text = v.strip()
             if text.startswith("["):
@@ -67,6 +71,12 @@ class Settings(BaseSettings):
 
                 return json.loads(text)
             return [o.strip() for o in text.split(",") if o.strip()]
+        return v
+
+    @field_validator("test_faults")
+    @classmethod
+    def _known_faults(cls, v: list[str]) -> list[str]:
+        Faults.parse(v)  # an unknown point or action is refused at start
         return v
 
     @field_validator("log_level", mode="before")

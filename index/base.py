@@ -6,7 +6,7 @@ interface alone; :mod:`index.faiss_index` provides the implementation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
@@ -76,7 +76,16 @@ class VectorIndex(Protocol):
 
     def label_counts(self) -> dict[str, int]: ...
 
-    def save(self, directory: Path, *, extra: Mapping[str, Any] | None = None) -> None: ...
+    def save(
+        self,
+        directory: Path,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        before_publish: Callable[[], None] | None = None,
+    ) -> None:
+        """Write a snapshot atomically; ``before_publish`` is called once it is complete on
+        disk but not yet published (the point a crash must survive; tests inject one)."""
+        ...
 
     @classmethod
     def load(cls, directory: Path, *, model_fingerprint: str | None = None) -> Self: ...

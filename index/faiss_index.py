@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -211,8 +211,17 @@ class FaissIndex:
             return False
         return snap is not None and (snap / storage.SIDECAR).is_file()
 
-    def save(self, directory: Path, *, extra: Mapping[str, Any] | None = None) -> None:
-        """Atomically write a snapshot; ``extra`` (JSON) is stored and returned by load."""
+    def save(
+        self,
+        directory: Path,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        before_publish: Callable[[], None] | None = None,
+    ) -> None:
+        """Atomically write a snapshot; ``extra`` (JSON) is stored and returned by load.
+
+        ``before_publish``: see :func:`index.storage.write_snapshot`.
+        """
         payload = dict(self.extra if extra is None else extra)
         try:
             json.dumps(payload)
@@ -250,7 +259,7 @@ class FaissIndex:
                 "faiss_version": faiss.__version__,
                 "extra": payload,
             }
-            storage.write_snapshot(Path(directory), files, sidecar)
+            storage.write_snapshot(Path(directory), files, sidecar, before_publish)
             self.extra = payload
 
     @classmethod

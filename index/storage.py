@@ -81,9 +81,17 @@ def current_snapshot(directory: Path) -> Path | None:
 
 
 def write_snapshot(
-    directory: Path, files: Mapping[str, FileWriter], sidecar: Mapping[str, Any]
+    directory: Path,
+    files: Mapping[str, FileWriter],
+    sidecar: Mapping[str, Any],
+    before_publish: Callable[[], None] | None = None,
 ) -> Path:
-    """Write ``files`` and ``sidecar`` as a new snapshot, publish it, prune old ones."""
+    """Write ``files`` and ``sidecar`` as a new snapshot, publish it, prune old ones.
+
+    ``before_publish`` is called once the snapshot is complete and fsync'd under its
+    temporary name, before the rename: a crash there must leave the previous snapshot
+    published (the service's fault-injection tests use it).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     number = max(_snapshot_numbers(directory), default=0) + 1
     final = directory / f"snap-{number:06d}"
@@ -102,6 +110,8 @@ def write_snapshot(
     sidecar_path.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
     _fsync(sidecar_path)
     _fsync(tmp)
+    if before_publish is not None:
+        before_publish()
 
     os.rename(tmp, final)
     _fsync(directory)

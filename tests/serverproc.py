@@ -56,7 +56,8 @@ class ServerProc:
         self.starts = 0
         self.start_seconds = 0.0  # spent waiting for /health, all starts together
 
-    def start(self, wait: bool = True) -> ServerProc:
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> ServerProc:
+        """Start (again); ``env`` adds to the environment for this start only."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -65,7 +66,7 @@ class ServerProc:
         log.flush()
         self.proc = subprocess.Popen(
             [CBMIR, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()  # the child holds its own descriptor
         self.starts += 1
@@ -97,6 +98,11 @@ class ServerProc:
             self.proc.send_signal(signal.SIGKILL)
         if self.proc is not None:
             self.proc.wait(30)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to end by itself; its status (negative: that signal)."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful); returns the exit status."""

@@ -4,8 +4,11 @@ Four client threads index a few hundred distinct images (two per request) while 
 server is SIGKILLed and restarted on the same data directory, at different points:
 
 1. after a number of acknowledged items, with requests in flight;
-2. while an index snapshot is being written (a watcher kills the moment the snapshot's
-   temporary directory appears, and counts the kills after which it was still there);
+2. while an index snapshot is being written: that server is started with
+   ``CBMIR_TEST_FAULTS=snapshot_write:crash`` (:mod:`app.service.faults`), so it SIGKILLs
+   itself at its first snapshot, once the snapshot is complete on disk under its temporary
+   name and before it is published; the test checks it died so, and that it left the
+   temporary directory behind;
 3. right after an acknowledged DELETE, after which the index directory is removed, so the
    next start rebuilds it from SQLite (and must give the same answers).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -43,11 +47,12 @@ N_IMAGES = 2400 if SOAK else 240
 PER_REQUEST = 2
 CLIENTS = 4
 SNAPSHOT_EVERY = 6
-# (how, not before this many acknowledged items): "acked" kills at once, "snapshot" kills
-# the moment a snapshot's temporary directory exists (polled every millisecond).
-KILL_PLAN = [
-    ("snapshot" if i % 2 else "acked", (i + 1) * N_IMAGES // 12) for i in range(10)
-] if SOAK else [("acked", 60), ("snapshot", 110)]
+# How each server but the last dies: "acked" is killed once this many items are
+# acknowledged; "snapshot" is started armed and kills itself in its first snapshot.
+KILL_PLAN: list[tuple[str, int]] = [
+    ("snapshot", 0) if i % 2 else ("acked", (i + 1) * N_IMAGES // 12) for i in range(10)
+] if SOAK else [("acked", 60), ("snapshot", 0)]
+CRASH_IN_SNAPSHOT = {"CBMIR_TEST_FAULTS": "snapshot_write:crash"}
 WAIT_S = 120.0  # any single wait (restart, thread join) fails after this
 SEED0 = 10_000  # image i is png_bytes(SEED0 + i): distinct seeded noise
 
@@ -185,30 +190,38 @@ def test_sigkill_mid_stream_loses_no_acknowledged_item(
     max_id_at_kill: list[int] = []
     kills = mid_snapshot = 0
 
-    def kill() -> None:
+    def kill(by_itself: bool = False) -> None:
         nonlocal kills
-        server.kill()
+        if by_itself:
+            status = server.wait_exit(WAIT_S)
+            assert status == -signal.SIGKILL, f"armed server ended with {status}, not SIGKILL"
+        else:
+            server.kill()
         feed.down()
         kills += 1
         max_id_at_kill.append(_max_id_on_disk(data_dir))
 
-    feed.up(server.start().url)
+    def start(i: int) -> str:
+        """Server i+1: armed to crash in its first snapshot when the plan says so."""
+        armed = i < len(KILL_PLAN) and KILL_PLAN[i][0] == "snapshot"
+        return server.start(env=CRASH_IN_SNAPSHOT if armed else None).url
+
+    feed.up(start(0))
     pool = ThreadPoolExecutor(CLIENTS)
     try:
         futures = [pool.submit(_client, feed, batches[c::CLIENTS]) for c in range(CLIENTS)]
 
         # Kills mid-stream, each followed by a restart on the same data directory.
-        for how, after in KILL_PLAN:
-            poll(lambda after=after: feed.acked >= after, WAIT_S, f"{after} acknowledged items")
-            deadline = time.monotonic() + 20
-            while how == "snapshot" and not _snapshot_in_progress(index_dir):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.001)
-            kill()
-            if how == "snapshot":
-                mid_snapshot += _snapshot_in_progress(index_dir)  # a save really cut short
-            feed.up(server.start().url)
+        for i, (how, after) in enumerate(KILL_PLAN):
+            if how == "acked":
+                poll(lambda after=after: feed.acked >= after, WAIT_S, f"{after} acknowledged items")
+                kill()
+            else:
+                kill(by_itself=True)
+                # The save was cut short: its temporary directory is still there.
+                assert _snapshot_in_progress(index_dir), "the armed server died outside a snapshot"
+                mid_snapshot += 1
+            feed.up(start(i + 1))
 
         for f in futures:
             f.result(timeout=WAIT_S)

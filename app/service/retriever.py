@@ -16,6 +16,7 @@ from typing import Any
 
 from app.config import Settings
 from app.service.batcher import MicroBatcher
+from app.service.faults import Faults
 from app.service.ingest import Ingested, Ingester
 from app.service.items import Items
 from app.service.lock import DataDirLock
@@ -69,6 +70,7 @@ class Retriever:
             snapshotter = Snapshotter(
                 index, store, settings.index_dir, cfg.fingerprint, write_lock,
                 every=settings.snapshot_every, seconds=settings.snapshot_seconds, dirty=dirty,
+                faults=Faults.parse(settings.test_faults),
             )
             batcher = MicroBatcher(
                 embedder.embed_prepared, max_batch=settings.batch_max_size,

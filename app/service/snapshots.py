@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from app.config import Settings
+from app.service.faults import NO_FAULTS, Faults
 from app.service.store import Store
 from index import FaissIndex, IndexCorruptError, IndexMismatchError
 
@@ -95,10 +96,12 @@ class Snapshotter:
     def __init__(
         self, index: FaissIndex, store: Store, directory: Path, fingerprint: str,
         write_lock: threading.Lock, *, every: int, seconds: float, dirty: bool = False,
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.index, self.store, self.directory = index, store, directory
         self.fingerprint, self.write_lock = fingerprint, write_lock
         self.every, self.seconds = every, seconds
+        self.faults = faults
         self._dirty = int(dirty)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -118,7 +121,8 @@ class Snapshotter:
             t0 = time.perf_counter()
             with self.write_lock:
                 extra = {"max_id": self.store.max_id(), "model_fingerprint": self.fingerprint}
-                self.index.save(self.directory, extra=extra)
+                self.index.save(self.directory, extra=extra,
+                                before_publish=lambda: self.faults.hit("snapshot_write"))
                 self._dirty = 0
             log.info("index snapshot saved (%d vectors) in %.2fs", len(self.index),
                      time.perf_counter() - t0)
