@@ -89,20 +89,54 @@ def test_errors_reach_every_waiting_request_and_close_drains() -> None:
 
 def test_concurrent_searches_share_forward_passes(
     make_settings: Callable[..., Settings], open_client: Callable[[Settings], TestClient],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A long window that a full batch cuts short: 8 concurrent queries, batches of 8.
-    c = open_client(make_settings(batch_max_size=8, batch_wait_ms=3000))
+    """Eight /search requests; the first one's forward pass is held until the other seven
+    are queued (events, no sleeps): exactly two passes, of 1 and 7 images, and every
+    request gets the answer it gets alone."""
+    c = open_client(make_settings(batch_max_size=8, batch_wait_ms=0))
+    batcher = c.app.state.loader.retriever.batcher  # type: ignore[attr-defined]
     blobs = [png_bytes(i) for i in range(8)]
 
-    def query(data: bytes) -> int:
-        return c.post("/search", files={"file": ("q.png", data)}).status_code
+    def query(data: bytes) -> dict[str, float]:
+        r = c.post("/search", files={"file": ("q.png", data)}, params={"scope": "all"})
+        assert r.status_code == 200, r.text
+        probabilities: dict[str, float] = r.json()["prediction"]["probabilities"]
+        return probabilities
 
-    with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(query, blobs)) == [200] * 8
+    alone = [query(b) for b in blobs]
+    sizes: list[int] = []
+    first_running, all_queued = threading.Event(), threading.Event()
+    submitted = 0
+    embed, submit = batcher._embed, batcher.submit
+
+    def counting_submit(images: np.ndarray) -> Future[Embedding]:
+        nonlocal submitted
+        future = submit(images)
+        submitted += 1  # only from the event loop thread: no lock needed
+        if submitted == len(blobs):
+            all_queued.set()
+        return future
+
+    def held_embed(images: np.ndarray) -> Embedding:
+        sizes.append(len(images))
+        if len(sizes) == 1:
+            first_running.set()
+            assert all_queued.wait(30), "the other requests never reached the batcher"
+        return embed(images)
+
+    monkeypatch.setattr(batcher, "submit", counting_submit)
+    monkeypatch.setattr(batcher, "_embed", held_embed)
+    with ThreadPoolExecutor(len(blobs)) as pool:
+        first = pool.submit(query, blobs[0])
+        assert first_running.wait(30)
+        rest = list(pool.map(query, blobs[1:]))
+        together = [first.result(30), *rest]
+    assert sizes == [1, 7]
+    for got, want in zip(together, alone, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
     text = c.get("/metrics").text
-    assert "cbmir_batch_size_sum 8.0" in text
-    count = float(text.split("cbmir_batch_size_count ")[1].split()[0])
-    assert count < 8  # at least two requests shared a forward pass
+    assert "cbmir_batch_size_count 10.0" in text and "cbmir_batch_size_sum 16.0" in text
 
 
 def test_overload_answers_503_with_retry_after(
