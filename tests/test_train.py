@@ -6,6 +6,7 @@ import csv
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +87,17 @@ def test_corrupt_file_and_empty_class_are_skipped(tmp_path: Path,
     ds = scan_dataset(data)
     assert ds.class_names == ["CXR", "Hand"]
     assert "Empty" in caplog.text
+    # The broken file is listed (its name says PNG) and put in train, where it is read.
+    assert any(r.path.name == "broken.png" for r in ds.records)
+    ds = replace(ds, records=[replace(r, split="train") if r.path.name == "broken.png" else r
+                              for r in ds.records])
     args = TrainArgs(data=str(data), out=str(tmp_path / "m"), epochs=1, widths=[8, 16],
                      fc_dims=[32, 16], progress=False)
     res = train(args, ds)
-    assert "could not be read" in caplog.text or res.config.metrics["skipped_files"] >= 0
+    assert "could not be read" in caplog.text
+    metrics = res.config.metrics
+    assert metrics["skipped_files"] == 1
+    assert metrics["train_images"] == len(ds.split("train")) - 1
 
 
 def test_single_class_is_refused(tmp_path: Path) -> None:
