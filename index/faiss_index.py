@@ -4,6 +4,10 @@ One sub-index per label (see :mod:`index._subindex`), so that the service's
 classify-then-search flow only scans the predicted labels. Searching all labels
 merges the per-label top-k lists, which is exact: the top-k of a union is the
 top-k of the union of each part's top-k.
+
+About 350 lines, over the ~300 a module here keeps to: it is the whole public surface of
+the backend (add, remove, search, save, load and their locking) over the helpers in the
+``_*`` modules; cutting it would split one lock discipline across files.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@
 * :mod:`models.imaging.formats` — format sniffing by magic number, content types, which
   files of a folder are images, and :class:`~models.imaging.formats.DecodedImage`.
 * :mod:`models.imaging.raster` — PNG, JPEG, TIFF and BMP through Pillow.
-* :mod:`models.imaging.dicom` — DICOM through pydicom (imported only when a DICOM file is seen).
+* :mod:`models.imaging.dicom` — DICOM through pydicom (imported only when a DICOM file is
+  seen): :mod:`~models.imaging.dicom_read` reads the file and one frame, ``dicom`` makes
+  the frame display pixels.
 * :mod:`models.imaging.render` — an image back to PNG bytes.
 * :mod:`models.imaging.errors` — why decoding failed, one line safe to show a client.
 

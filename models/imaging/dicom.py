@@ -7,138 +7,46 @@ and SIGMOID windows, all by pydicom's own functions) or, without one, a robust m
 (0.5th-99.5th percentile, so a few hot pixels or the air around a CT do not wash the image
 out), then MONOCHROME1 inversion. Colour (RGB, YBR_*, PALETTE COLOR) becomes "RGB".
 
-Only :func:`decode_dicom` is public, and it is meant to be reached through
-:func:`models.imaging.decode.decode_image`. Patient fields (name, id, birth date, ...) are never
-read, so they cannot reach a message, a log line or the returned metadata.
+Reading the file and decoding its frame is :mod:`models.imaging.dicom_read`; this module
+turns the frame's values into display pixels. Only :func:`decode_dicom` is public, and it
+is meant to be reached through :func:`models.imaging.decode.decode_image`. Patient fields
+(name, id, birth date, ...) are never read, so they cannot reach a message, a log line or
+the returned metadata.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import re
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import (
-    apply_color_lut,
-    apply_modality_lut,
-    apply_voi,
-    apply_windowing,
-    get_decoder,
-)
-from pydicom.pixels.decoders.base import Decoder
-from pydicom.uid import (
-    UID,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEGExtended12Bit,
-)
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing
 
+from models.imaging.dicom_read import (
+    PIXEL_TAGS,
+    clean,
+    decode_frame,
+    decoder_for,
+    header_metadata,
+    read,
+    transfer_syntax,
+)
 from models.imaging.errors import (
     CorruptImageError,
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedFormatError,
-    UnsupportedTransferSyntaxError,
 )
 from models.imaging.formats import CONTENT_TYPES, DecodedImage
 
 log = logging.getLogger(__name__)
 
-_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Percentile estimation on a strided subsample above this many pixels: the percentiles of
 # a 4k x 4k mammogram do not need all 16M values sorted.
 _PERCENTILE_SAMPLE = 1 << 20
-
-
-def _clean(value: Any, limit: int = 64) -> str:
-    """A header value as one short line of printable ASCII (values come from the file)."""
-    text = re.sub(r"[^\x20-\x7e]", "", str(value if value is not None else "")).strip()
-    return text[:limit]
-
-
-def _clean_uid(value: Any) -> str:
-    return re.sub(r"[^0-9.]", "", str(value if value is not None else ""))[:64]
-
-
-def _read(data: bytes) -> Dataset:
-    try:
-        # force: sniff_format has already vouched for it; it also reads preamble-less files.
-        return dcmread(io.BytesIO(data), force=True)
-    except Exception as exc:  # InvalidDicomError, EOFError, struct.error, ...
-        log.info("unreadable DICOM: %s", type(exc).__name__)
-        raise CorruptImageError("DICOM file is corrupt or truncated") from None
-
-
-def _transfer_syntax(ds: Dataset) -> UID:
-    """The file's transfer syntax; for files without one (no file meta, old ACR-NEMA
-    style) the encoding pydicom detected while reading, recorded so the decoder sees it."""
-    file_meta = getattr(ds, "file_meta", None)
-    if file_meta is None:
-        file_meta = ds.file_meta = FileMetaDataset()
-    ts = file_meta.get("TransferSyntaxUID")
-    if ts:
-        return UID(_clean_uid(ts) or "invalid")
-    implicit, little = ds.original_encoding
-    if implicit is None or little is None:
-        raise CorruptImageError("DICOM file has no transfer syntax")
-    if implicit:
-        ts = ImplicitVRLittleEndian
-    else:
-        ts = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-    file_meta.TransferSyntaxUID = ts
-    return UID(ts)
-
-
-def _cannot_decode(ts: UID, detail: str = "") -> UnsupportedTransferSyntaxError:
-    name = ts.name if ts.is_valid and ts.name != str(ts) else "unknown"
-    return UnsupportedTransferSyntaxError(
-        f"DICOM transfer syntax {_clean(name, 120)} ({ts}){detail} cannot be decoded here"
-    )
-
-
-def _decoder(ts: UID, ds: Dataset) -> Decoder:
-    try:
-        decoder = get_decoder(ts)
-        available = decoder.is_available
-    except NotImplementedError:  # video (MPEG, HEVC), unknown or private syntaxes
-        available = False
-    if not available:
-        raise _cannot_decode(ts)
-    if (
-        ts == JPEGExtended12Bit
-        and int(ds.get("BitsStored") or 8) != 8
-        and "pylibjpeg" not in decoder.available_plugins
-    ):
-        # Only pylibjpeg-libjpeg decodes 12-bit JPEG (pydicom's Pillow and GDCM plugins
-        # refuse it); without this check the failure would look like a corrupt file (422)
-        # instead of a limitation of this installation (415).
-        raise _cannot_decode(ts, " with 12-bit samples")
-    return decoder
-
-
-def _decode_frame(decoder: Decoder, ds: Dataset, index: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode one frame, with Pillow first where it can: it is the decoder every raster
-    upload already goes through, so other native decoders (GDCM) only see what Pillow
-    cannot decode (JPEG Lossless, JPEG-LS), not every JPEG/JPEG 2000 DICOM."""
-    plugins = decoder.available_plugins
-    if "pillow" in plugins and len(plugins) > 1:
-        try:
-            return decoder.as_array(ds, index=index, decoding_plugin="pillow")
-        except Exception as exc:
-            log.debug(
-                "Pillow could not decode DICOM frame (%s); trying %s",
-                type(exc).__name__,
-                ", ".join(p for p in plugins if p != "pillow"),
-            )
-    return decoder.as_array(ds, index=index)
 
 
 def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
@@ -206,7 +114,7 @@ def _voi_to_unit(values: np.ndarray, ds: Dataset, index: int) -> np.ndarray | No
     )
     if source is None or source.get("WindowCenter") is None or source.get("WindowWidth") is None:
         return None
-    function = _clean(source.get("VOILUTFunction") or "LINEAR").upper()
+    function = clean(source.get("VOILUTFunction") or "LINEAR").upper()
     return _window_to_unit(
         values, _first(source.WindowCenter), _first(source.WindowWidth), function
     )
@@ -265,27 +173,11 @@ def _colour(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
-def _metadata(ds: Dataset, ts: UID, frames: int) -> dict[str, str | int | float]:
-    # Whitelist only: patient and operator fields are never touched.
-    return {
-        "modality": _clean(ds.get("Modality")),
-        "body_part": _clean(ds.get("BodyPartExamined")),
-        "study_instance_uid": _clean_uid(ds.get("StudyInstanceUID")),
-        "series_instance_uid": _clean_uid(ds.get("SeriesInstanceUID")),
-        "sop_instance_uid": _clean_uid(ds.get("SOPInstanceUID")),
-        "photometric": _clean(ds.get("PhotometricInterpretation")),
-        "rows": int(ds.Rows),
-        "columns": int(ds.Columns),
-        "frames": frames,
-        "transfer_syntax": str(ts),
-    }
-
-
 def _decode(ds: Dataset, max_pixels: int) -> DecodedImage:
-    if not any(tag in ds for tag in _PIXEL_TAGS):
+    if not any(tag in ds for tag in PIXEL_TAGS):
         raise CorruptImageError("DICOM file has no pixel data")
-    ts = _transfer_syntax(ds)
-    decoder = _decoder(ts, ds)
+    ts = transfer_syntax(ds)
+    decoder = decoder_for(ts, ds)
     if ds.get("Rows") is None or ds.get("Columns") is None:
         raise CorruptImageError("DICOM file has no image size (Rows/Columns)")
     rows, columns = int(ds.Rows), int(ds.Columns)
@@ -296,8 +188,8 @@ def _decode(ds: Dataset, max_pixels: int) -> DecodedImage:
     frames = int(ds.get("NumberOfFrames") or 1)
     index = frames // 2 if frames > 1 else 0
     # Only the chosen frame is decoded, never the whole volume.
-    arr, info = _decode_frame(decoder, ds, index)
-    photometric = _clean(
+    arr, info = decode_frame(decoder, ds, index)
+    photometric = clean(
         info.get("photometric_interpretation") or ds.get("PhotometricInterpretation")
     ).upper()
     samples = arr.shape[-1] if arr.ndim == 3 else 1
@@ -313,13 +205,13 @@ def _decode(ds: Dataset, max_pixels: int) -> DecodedImage:
         image=Image.fromarray(np.ascontiguousarray(pixels)),
         format="dicom",
         content_type=CONTENT_TYPES["dicom"],
-        metadata=_metadata(ds, ts, frames),
+        metadata=header_metadata(ds, ts, frames),
     )
 
 
 def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
     """DICOM bytes (sniffed as such) → 8-bit "L" or "RGB" image; see the module docstring."""
-    ds = _read(data)
+    ds = read(data)
     try:
         return _decode(ds, max_pixels)
     except ImageDecodeError:
