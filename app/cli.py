@@ -33,6 +33,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         data=str(a.data), out=str(a.out), split_csv=str(a.split_csv) if a.split_csv else None,
         epochs=a.epochs, image_size=a.image_size, channels=a.channels, batch_size=a.batch_size,
         lr=a.lr, seed=a.seed, device=a.device, patience=a.patience, progress=not a.no_progress,
+        arch=a.arch, balance=a.balance, augment=not a.no_augment,
+        augment_strength=a.augment_strength,
+        **({"sample_budget": a.sample_budget} if a.sample_budget else {}),
     )
     res = train(args)
     m = res.config.metrics
@@ -89,12 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, type=Path, help="folder with one sub-folder per class")
     t.add_argument("--split-csv", type=Path, help="CSV with path,label,split (default: made here)")
     t.add_argument("--out", required=True, type=Path, help="output model directory")
-    t.add_argument("--epochs", type=int, help="default: from the data set's size (4-40)")
+    t.add_argument("--epochs", type=int,
+                   help="default: about --sample-budget images seen (4-300 epochs)")
+    t.add_argument("--sample-budget", type=int,
+                   help="augmented training images to show the network (default 200,000)")
+    t.add_argument("--arch", default="cbmir-resnet", choices=("cbmir-resnet", "cbmir-cnn"))
+    t.add_argument("--balance", default="auto", choices=("auto", "on", "off"),
+                   help="class-balanced sampling (auto: when classes are skewed 3:1 or more)")
+    t.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    t.add_argument("--augment-strength", type=float,
+                   help="rendering augmentation, 0 (geometry only) to 1 (default: from the "
+                   "data set's measured rendering shortcut)")
     t.add_argument("--image-size", type=int, help="default: from the images (32-128 px)")
     t.add_argument("--channels", type=int, choices=(1, 3), help="default: 3 if any image is colour")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
+    t.add_argument("--patience", type=int,
+                   help="early-stopping patience in epochs (default: epochs/8, at least 4)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.add_argument("--no-progress", action="store_true")

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import REPO
+from models.imaging.formats import is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ImageSets:
 
 def _demo_files() -> list[tuple[Path, str]]:
     return [(p, d.name) for d in sorted(DEMO_DIR.iterdir()) if d.is_dir()
-            for p in sorted(d.glob("*.jpeg"))]
+            for p in sorted(d.iterdir()) if is_image_file(p)]
 
 
 def _balanced(rows: list[tuple[str, str]], per_class: int, rng: np.random.Generator

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bench.common import median, thread_limit
-from models.cnn import flops_per_image
+from models.arch import flops_per_image
 from models.embed import Embedder
 from models.imaging.decode import decode_image
 

@@ -59,7 +59,7 @@ def parse_args(argv: Sequence[str] | None, doc: str | None = None) -> argparse.N
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--model-dir", type=Path,
-                   help="default: $CBMIR_MODEL_DIR, else models/mednist")
+                   help="default: $CBMIR_MODEL_DIR, else the default model (models/multimodal)")
     p.add_argument("--data", type=Path, help="MedNIST folder with split.csv (default: "
                    "../shared/data/mednist; absent: demo images and synthetic vectors)")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")

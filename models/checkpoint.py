@@ -15,8 +15,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.cnn import CbmirCNN
+from models.arch import build_model
 from models.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from models.net import RetrievalNet
 
 
 class CheckpointError(ValueError):
@@ -41,7 +42,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(model: CbmirCNN, cfg: ModelConfig, out_dir: Path) -> ModelConfig:
+def save_checkpoint(model: RetrievalNet, cfg: ModelConfig, out_dir: Path) -> ModelConfig:
     """Write weights then config (the config names the weights' hash, so it goes last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
@@ -71,7 +72,7 @@ def load_config(model_dir: Path) -> ModelConfig:
 
 def load_checkpoint(
     model_dir: Path, device: torch.device | str = "cpu"
-) -> tuple[CbmirCNN, ModelConfig]:
+) -> tuple[RetrievalNet, ModelConfig]:
     """Rebuild the network from ``config.json`` and load its safetensors weights."""
     model_dir = Path(model_dir)
     cfg = load_config(model_dir)
@@ -80,7 +81,7 @@ def load_checkpoint(
         raise CheckpointError(f"no {WEIGHTS_FILE} in model directory {model_dir}")
     if cfg.weights_sha256 and _sha256(weights) != cfg.weights_sha256:
         raise CheckpointError(f"{weights} does not match the hash recorded in {CONFIG_FILE}")
-    model = CbmirCNN.from_config(cfg)
+    model = build_model(cfg)
     try:
         state = load_file(str(weights), device="cpu")
     except SafetensorError as e:  # e.g. a pickled torch.save file: never unpickled

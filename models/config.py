@@ -6,7 +6,7 @@ Everything needed to rebuild the network and to preprocess an image lives here, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -19,7 +19,7 @@ class ModelConfig(BaseModel):
     """Architecture, input contract and provenance of one trained model."""
 
     format_version: int = FORMAT_VERSION
-    arch: str = "cbmir-cnn"
+    arch: Literal["cbmir-cnn", "cbmir-resnet"] = "cbmir-cnn"
     name: str = "cbmir"
     in_channels: int = Field(ge=1, le=3)
     image_size: int = Field(ge=16, le=1024)
@@ -27,6 +27,8 @@ class ModelConfig(BaseModel):
     mean: list[float]
     std: list[float]
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 128])
+    depths: list[int] = Field(default_factory=list)
+    """Residual blocks per stage (``cbmir-resnet`` only; one per entry of ``widths``)."""
     fc_dims: list[int] = Field(default_factory=lambda: [256, 128])
     dropout: float = 0.2
     train_args: dict[str, Any] = Field(default_factory=dict)
@@ -44,6 +46,8 @@ class ModelConfig(BaseModel):
             raise ValueError("class names must be unique")
         if not self.fc_dims or not self.widths:
             raise ValueError("widths and fc_dims must be non-empty")
+        if self.arch == "cbmir-resnet" and len(self.depths) != len(self.widths):
+            raise ValueError("cbmir-resnet needs one entry of depths per entry of widths")
         return self
 
     @property

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint
-from models.cnn import CbmirCNN, set_memory_format
 from models.config import ModelConfig
+from models.net import RetrievalNet, set_memory_format
 from models.preprocess import normalize, prepare
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class _EmbedHead(torch.nn.Module):
     GIL instead of one per tensor operation, which matters when the service's batcher
     thread competes with the event loop and decoding threads."""
 
-    def __init__(self, model: CbmirCNN, cfg: ModelConfig, channels_last: bool) -> None:
+    def __init__(self, model: RetrievalNet, cfg: ModelConfig, channels_last: bool) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
@@ -78,7 +78,7 @@ def _freeze(head: _EmbedHead, cfg: ModelConfig) -> torch.nn.Module:
 
 @dataclass
 class Embedder:
-    model: CbmirCNN
+    model: RetrievalNet
     config: ModelConfig
     device: torch.device
     runner: torch.nn.Module | None = None

@@ -6,7 +6,8 @@ Two stages, used identically by training, evaluation and serving:
    input grid, kept as ``uint8`` (cheap to cache: training holds a whole data set this way).
 2. :func:`normalize` — ``uint8`` batch → float tensor scaled by the config's mean and std.
 
-Training-time augmentation operates on the output of stage 1 and is the only extra step.
+Training-time augmentation operates on the output of stage 1 (scaled to [0, 1]) and is the
+only extra step; it then enters stage 2 through :func:`standardize`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def prepare(image: Image.Image, cfg: ModelConfig) -> np.ndarray:
 
 def normalize(batch: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """``uint8`` (N, C, S, S) → float32, ``(x/255 - mean) / std`` per channel."""
-    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-    return (batch.to(torch.float32) / 255.0 - mean) / std
+    return standardize(batch.to(torch.float32) / 255.0, cfg)
+
+
+def standardize(unit: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Float (N, C, S, S) in [0, 1] → ``(x - mean) / std`` per channel. Training augments
+    in [0, 1] and enters here, so it meets the same arithmetic as :func:`normalize`."""
+    mean = torch.tensor(cfg.mean, dtype=torch.float32, device=unit.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32, device=unit.device).view(1, -1, 1, 1)
+    return (unit - mean) / std

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models.cnn import flops_per_image
+from models.arch import flops_per_image
 from models.config import ModelConfig
 from models.embed import Embedder, Embedding
 from models.training.dataset import DatasetError, Prepared, Record, load_prepared, scan_dataset

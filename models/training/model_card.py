@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from models.cnn import flops_per_image
+from models.arch import flops_per_image
 from models.config import ModelConfig
 
 
@@ -58,7 +58,7 @@ def write_model_card(cfg: ModelConfig, out_dir: Path, history: Sequence[dict[str
     lines = [
         f"# Model card: {cfg.name}",
         "",
-        "A classification CNN trained from scratch by `cbmir train` (Qayyum et al. 2017 method):",
+        "A classification network trained from scratch by `cbmir train` (Qayyum et al. 2017):",
         "its L2-normalised penultimate fully connected layer is the image descriptor used for",
         "retrieval, and its prediction restricts search to the predicted class.",
         "",
@@ -71,8 +71,9 @@ def write_model_card(cfg: ModelConfig, out_dir: Path, history: Sequence[dict[str
         f"- input: {cfg.in_channels} channel(s), {cfg.image_size}×{cfg.image_size} px, "
         f"mean {[round(x, 4) for x in cfg.mean]}, std {[round(x, 4) for x in cfg.std]}",
         f"- classes ({cfg.num_classes}, in output order): {', '.join(cfg.class_names)}",
-        f"- conv widths {cfg.widths}, fully connected {cfg.fc_dims}; embedding dim "
-        f"{cfg.embedding_dim}",
+        f"- architecture `{cfg.arch}`: widths {cfg.widths}"
+        + (f", blocks per stage {cfg.depths}" if cfg.depths else "")
+        + f", fully connected {cfg.fc_dims}; embedding dim {cfg.embedding_dim}",
         f"- {flops_per_image(cfg) / 1e6:.1f} MFLOP per image; weights sha256 "
         f"`{cfg.weights_sha256[:16]}…`",
         f"- training data fingerprint `{cfg.data_fingerprint}`",
