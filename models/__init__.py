@@ -7,4 +7,4 @@ other way round.
 
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "mednist"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "multimodal"
