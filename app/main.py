@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api.errors import install_handlers
 from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.api.routes import routers
+from app.api.routes.web import mount_web_files
 from app.config import Settings, load_settings
 from app.service.bulk import seed_demo
 from app.service.metrics import Metrics
@@ -107,6 +108,7 @@ def create_app(
     install_handlers(app)
     for router in routers:
         app.include_router(router)
+    mount_web_files(app)
     # Added innermost first: metrics sees every answer, 413s from the body limit included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
