@@ -159,6 +159,10 @@ def test_gallery_pages_through_the_stored_images(page: Any, api: httpx.Client) -
     assert {label for _, label in cards(page, "gallery-grid")} == {"Hand"}
     assert f"{hands['total']} images" in page.find_element(By.ID, "gallery-summary").text
     assert "label=Hand" in page.current_url
+    set_viewport(page, 800, 1100)
+    wait(page, images_loaded("#gallery-grid img"), "the gallery thumbnails")
+    assert no_horizontal_scroll(page)
+    shot(page, "gallery-800")
 
 
 def test_relabel_then_delete_an_item_with_the_key(page: Any, api: httpx.Client) -> None:
@@ -170,6 +174,10 @@ def test_relabel_then_delete_an_item_with_the_key(page: Any, api: httpx.Client) 
     assert item["id"] not in [i for i, _ in cards(page, "similar-results")]
     wait(page, images_loaded("#item-image"), "the item's rendering")
     shot(page, "item")
+    set_viewport(page, 800, 1100)
+    assert no_horizontal_scroll(page)
+    shot(page, "item-800")
+    set_viewport(page, 1280, 800)
 
     Select(page.find_element(By.ID, "relabel-select")).select_by_value("ChestCT")
     page.find_element(By.ID, "relabel-submit").click()

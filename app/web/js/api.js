@@ -165,7 +165,11 @@ export async function health() {
   } catch {
     return { status: "unreachable", detail: "the service cannot be reached" };
   }
-  return res.json();
+  try {
+    return await res.json();
+  } catch {
+    return { status: "unreachable", detail: `/health answered ${res.status}` };
+  }
 }
 
 export async function features() {
