@@ -77,7 +77,7 @@ def test_modality_filter_reads_metadata(client: TestClient) -> None:
 @pytest.mark.parametrize("params", [
     {"limit": 0}, {"limit": 501}, {"limit": "x"}, {"label": "Liver"},
     {"label_source": "guessed"}, {"cursor": "not-a-cursor"}, {"cursor": "aTow"},  # "i:0"
-    {"cursor": "x" * 65},
+    {"cursor": "x" * 65}, {"cursor": ""}, {"modality": ""}, {"labl": "Hand"}, {"": "0"},
 ])
 def test_bad_list_parameters_are_422(client: TestClient, params: dict[str, Any]) -> None:
     r = client.get("/images", params=params)

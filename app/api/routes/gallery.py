@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import re
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import RetrieverDep, require_read_key, require_write_key
@@ -58,24 +59,32 @@ def image_item(item: Item) -> ImageItem:
     summary="List stored images, newest first, filtered and paged",
 )
 async def list_images(
+    request: Request,
     retriever: RetrieverDep,
     label: Annotated[str | None, Query(description="only this class")] = None,
     label_source: Annotated[
         Literal["given", "predicted"] | None, Query(description="only labels given or predicted")
     ] = None,
     modality: Annotated[
-        str | None, Query(max_length=64, description="DICOM modality (CT, MR, ...)")
+        str | None, Query(min_length=1, max_length=64, description="DICOM modality (CT, MR, ...)")
     ] = None,
     # in_distribution (issue 10) goes here, as bool | None, once stored items carry it.
     limit: Annotated[int, Query(ge=1, le=500, description="items per page")] = 50,
     cursor: Annotated[
-        str | None, Query(max_length=64, description="next_cursor of the previous page")
+        str | None,
+        Query(min_length=1, max_length=64, description="next_cursor of the previous page"),
     ] = None,
 ) -> ImageListResponse:
+    # A misspelt filter must not quietly list everything.
+    unknown = sorted(set(request.query_params) - _LIST_PARAMS)
+    if unknown:
+        raise InvalidInput(
+            f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(_LIST_PARAMS))}"
+        )
     if label is not None and label not in retriever.classes:
         raise InvalidInput(f"unknown label {label!r}; known: {', '.join(retriever.classes)}")
-    before = decode_cursor(cursor) if cursor else None
-    filt = ItemFilter(label=label, label_source=label_source, modality=modality or None)
+    before = decode_cursor(cursor) if cursor is not None else None
+    filt = ItemFilter(label=label, label_source=label_source, modality=modality)
     # One more than asked: whether there is a next page, without a second count.
     rows, total = await run_in_threadpool(retriever.list_items, filt, before, limit + 1)
     page = rows[:limit]
@@ -84,6 +93,9 @@ async def list_images(
         items=[image_item(it) for it in page], total=total,
         next_cursor=encode_cursor(page[-1].id) if more else None,
     )
+
+
+_LIST_PARAMS = frozenset(inspect.signature(list_images).parameters) - {"request", "retriever"}
 
 
 @router.get(
