@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install serve test lint bench bench-quick soak clean
+.PHONY: install serve test deps-test lint bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,8 +16,22 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/cbmir serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP)
+test: $(STAMP) deps-test
 	$(BIN)/python -m pytest
+
+# The browser tests drive Debian's chromium through chromium-driver. Installed here when
+# missing and running as root (CI); elsewhere those tests skip, naming the packages.
+deps-test:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "deps-test: installing chromium and chromium-driver for the browser tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium chromium-driver >/dev/null; } \
+		|| echo "deps-test: could not install chromium/chromium-driver; the browser tests will skip"; \
+	else \
+		echo "deps-test: chromium and chromium-driver are missing (not root); the browser tests will skip"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check app models index tests bench

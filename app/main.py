@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api.errors import install_handlers
 from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from app.api.routes import routers
+from app.api.routes.web import mount_web_files
 from app.config import Settings, load_settings
 from app.service.bulk import seed_demo
 from app.service.metrics import Metrics
@@ -107,12 +108,14 @@ def create_app(
     install_handlers(app)
     for router in routers:
         app.include_router(router)
+    mount_web_files(app)
     # Added innermost first: metrics sees every answer, 413s from the body limit included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"], allow_headers=["X-API-Key", "Content-Type"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["X-API-Key", "Content-Type"],
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

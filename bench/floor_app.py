@@ -34,7 +34,7 @@ async def search(
 ) -> SearchResponse:
     data = await file.read()  # the upload is read, as the service does
     hits = [SearchHit(id=i + 1, score=1.0 - i / 100, label=CLASSES[0], image_url=f"/images/{i+1}",
-                      metadata={"bytes": len(data)}) for i in range(k)]
+                      metadata={"bytes": len(data)}, label_source="given") for i in range(k)]
     return SearchResponse(prediction=_PREDICTION, scope=scope, results=hits, took_ms=0.0)
 
 

@@ -60,6 +60,9 @@ def api_schema(app: FastAPI) -> schemathesis.schemas.BaseSchema:
 OPERATIONS = [
     ("GET", "/health"), ("POST", "/index"), ("POST", "/search"), ("GET", "/images/{item_id}"),
     ("DELETE", "/images/{item_id}"), ("GET", "/metrics"),
+    ("GET", "/images"), ("GET", "/images/{item_id}/info"), ("PATCH", "/images/{item_id}"),
+    ("GET", "/images/{item_id}/thumbnail"), ("GET", "/images/{item_id}/similar"),
+    ("POST", "/render"),
 ]
 # Negative data (values the schema forbids) only where an operation has parameters.
 CASES = [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS] + [

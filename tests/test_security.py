@@ -235,7 +235,8 @@ def test_with_key_for_reads_every_route_but_health_and_metrics_needs_the_key(
             continue
         url = path.replace("{item_id}", str(item_id))
         for method in sorted(operations):
-            kw = body if method == "post" else {}
+            kw = body if method == "post" else {"json": {"label": "Hand"}} if (
+                method == "patch") else {}
             for key in (None, "wrong", KEY[:-1]):
                 r = c.request(method, url, headers=_headers(key), **kw)
                 assert r.status_code == 401, (method, path, key, r.text)
@@ -244,8 +245,12 @@ def test_with_key_for_reads_every_route_but_health_and_metrics_needs_the_key(
             if method != "delete":
                 r = c.request(method, url, headers={"X-API-Key": KEY}, **kw)
                 assert r.status_code == 200, (method, path, r.text)
-    assert sorted(checked) == [("delete", "/images/{item_id}"), ("get", "/images/{item_id}"),
-                               ("post", "/index"), ("post", "/search")]
+    assert sorted(checked) == [
+        ("delete", "/images/{item_id}"), ("get", "/images"), ("get", "/images/{item_id}"),
+        ("get", "/images/{item_id}/info"), ("get", "/images/{item_id}/similar"),
+        ("get", "/images/{item_id}/thumbnail"), ("patch", "/images/{item_id}"),
+        ("post", "/index"), ("post", "/render"), ("post", "/search"),
+    ]
     for path in ("/health", "/metrics"):
         assert c.get(path).status_code == 200
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorResponse(BaseModel):
@@ -58,6 +58,7 @@ class SearchHit(BaseModel):
     label: str
     image_url: str
     metadata: dict[str, Any]
+    label_source: Literal["given", "predicted"]
 
 
 class SearchResponse(BaseModel):
@@ -65,6 +66,29 @@ class SearchResponse(BaseModel):
     scope: Literal["predicted", "all", "label"]
     results: list[SearchHit]
     took_ms: float
+
+
+class ImageItem(BaseModel):
+    """A stored image: the fields of a search hit, without the score."""
+
+    id: int
+    label: str
+    image_url: str = Field(description="its PNG rendering; /thumbnail after it for a small one")
+    metadata: dict[str, Any]
+    label_source: Literal["given", "predicted"]
+
+
+class ImageListResponse(BaseModel):
+    items: list[ImageItem] = Field(description="newest first")
+    total: int = Field(description="stored images matching the filters, all pages together")
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null: last")
+
+
+class RelabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=200, description="one of the model's classes",
+                       examples=["Hand"])
 
 
 # What an upload route can answer besides 200, declared once so the OpenAPI schema (and

@@ -1,4 +1,5 @@
-"""One stored image by id: its row, its original bytes, a PNG of it, its deletion."""
+"""One stored image by id: its row, its original bytes, a PNG of it, its relabelling and
+its deletion."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from app.service.errors import NotFound
+import numpy as np
+
+from app.service.errors import InvalidInput, NotFound
 from app.service.snapshots import Snapshotter
 from app.service.store import Item, Store
 from index import FaissIndex
@@ -51,3 +54,21 @@ class Items:
             self.store.unlink_original(item.sha256)
         self.snapshotter.note_writes(1)
         log.info("deleted image %d", item_id)
+
+    def relabel(self, item_id: int, label: str, classes: list[str]) -> Item:
+        """A curated label (source ``given``): SQLite first (committed, logged for the
+        start-up reconciliation), then the vector moves to the label's sub-index."""
+        if label not in classes:
+            raise InvalidInput(f"unknown label {label!r}; known: {', '.join(classes)}")
+        with self.write_lock:
+            before = self.get(item_id)
+            item = self.store.relabel(item_id, label)
+            if item is None:
+                raise NotFound(f"no image with id {item_id}")
+            if before.label != label:
+                ids, vectors, _ = next(self.store.vectors(self.index.dim, np.array([item_id])))
+                self.index.remove(ids)
+                self.index.add(ids, vectors, label)
+        self.snapshotter.note_writes(1)
+        log.info("relabelled image %d: %s -> %s (given)", item_id, before.label, label)
+        return item

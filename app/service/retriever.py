@@ -3,8 +3,10 @@
 Made once (in the app lifespan, or by ``cbmir index``) and shared. It owns the parts and
 hands each job to its module: :mod:`~app.service.ingest` (dedup and commit),
 :mod:`~app.service.search` (scope and ranking), :mod:`~app.service.items` (one stored
-image: row, original, PNG, delete). Blocking work — decoding, SQLite, FAISS — runs in
-worker threads; the async methods only await those and the batcher.
+image: row, original, PNG, relabel, delete), :mod:`~app.service.thumbnails` and
+:mod:`~app.service.similar` (the web page's grids and "find similar"). Blocking work —
+decoding, SQLite, FAISS — runs in worker threads; the async methods only await those and
+the batcher.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from app.service.items import Items
 from app.service.lock import DataDirLock
 from app.service.metrics import Metrics
 from app.service.search import Scope, Searcher, SearchOutcome
+from app.service.similar import similar
 from app.service.snapshots import Snapshotter, open_index
-from app.service.store import Item, Store
-from app.service.uploads import Upload
+from app.service.store import Item, ItemFilter, Store
+from app.service.thumbnails import Thumbnail, Thumbnails
+from app.service.uploads import Upload, render_upload
 from index import FaissIndex
 from models.embed import Embedder
 
@@ -45,6 +49,7 @@ class Retriever:
     ingester: Ingester = field(init=False, repr=False)
     searcher: Searcher = field(init=False, repr=False)
     items: Items = field(init=False, repr=False)
+    thumbnails: Thumbnails = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.ingester = Ingester(self.embedder, self.store, self.index, self.batcher,
@@ -52,6 +57,7 @@ class Retriever:
         self.searcher = Searcher(self.embedder, self.store, self.index, self.batcher,
                                  self.metrics)
         self.items = Items(self.store, self.index, self.snapshotter, self.write_lock)
+        self.thumbnails = Thumbnails(self.items)
 
     @classmethod
     def open(cls, settings: Settings, metrics: Metrics | None = None) -> Retriever:
@@ -131,3 +137,29 @@ class Retriever:
 
     def delete(self, item_id: int) -> None:
         self.items.delete(item_id)
+        self.thumbnails.forget(item_id)
+
+    # -- what the web page adds: list, curate, thumbnails, find similar, render ---------
+
+    def list_items(
+        self, filt: ItemFilter, before: int | None, limit: int
+    ) -> tuple[list[Item], int]:
+        return self.store.list_items(filt, before, limit)
+
+    def relabel(self, item_id: int, label: str) -> Item:
+        return self.items.relabel(item_id, label, self.classes)
+
+    def thumbnail_etag(self, item_id: int) -> str:
+        return self.thumbnails.etag(item_id)
+
+    def thumbnail(self, item_id: int) -> Thumbnail:
+        return self.thumbnails.get(item_id)
+
+    async def similar(
+        self, item_id: int, k: int, scope: Scope, label: str | None
+    ) -> SearchOutcome:
+        return await similar(self.searcher, item_id, k, scope, label)
+
+    def render(self, data: bytes) -> bytes:
+        """The PNG the service makes of an upload; nothing is stored."""
+        return render_upload(data)

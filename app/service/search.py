@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from app.service.batcher import MicroBatcher
 from app.service.errors import InvalidInput
 from app.service.metrics import Metrics
-from app.service.store import Store
+from app.service.store import LabelSource, Store
 from app.service.uploads import prepare_query
 from index import FaissIndex
 from models.embed import Embedder, Embedding
@@ -30,6 +30,7 @@ class Hit:
     score: float
     label: str
     metadata: dict[str, Any]
+    label_source: LabelSource
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,12 @@ class Searcher:
     def classes(self) -> list[str]:
         return self.embedder.class_names
 
-    async def search(self, data: bytes, k: int, scope: Scope, label: str | None) -> SearchOutcome:
+    def check_label(self, label: str | None) -> None:
         if label is not None and label not in self.classes:
             raise InvalidInput(f"unknown label {label!r}; known: {', '.join(self.classes)}")
+
+    async def search(self, data: bytes, k: int, scope: Scope, label: str | None) -> SearchOutcome:
+        self.check_label(label)
         with self.metrics.stage.labels("decode").time():
             query = await run_in_threadpool(prepare_query, data, self.embedder)
         emb = await self.batcher.embed(query[None])
@@ -81,7 +85,7 @@ class Searcher:
         ids = [int(i) for i in res.ids[0] if i >= 0]
         rows = self.store.get_many(ids)
         hits = [
-            Hit(i, float(s), rows[i].label, rows[i].metadata)
+            Hit(i, float(s), rows[i].label, rows[i].metadata, rows[i].label_source)
             for i, s in zip(res.ids[0], res.scores[0], strict=True)
             if i >= 0 and int(i) in rows  # a row deleted since the search is skipped
         ]

@@ -67,7 +67,11 @@ def open_index(
         n = _add_from_store(index, store, dim, None)
         log.info("built index from %d stored vectors in %.2fs", n, time.perf_counter() - t0)
         return index, True
-    if index.extra.get("max_id") == store.max_id() and len(index) == store.count():
+    # Relabelled since the snapshot: same ids, other label. Taken out here, put back under
+    # their new label below, with the rows missing from the snapshot.
+    relabelled = store.relabelled_since(int(index.extra.get("relabel_seq", 0)))
+    moved = index.remove(relabelled) if len(relabelled) else 0
+    if not moved and index.extra.get("max_id") == store.max_id() and len(index) == store.count():
         # Ids are never reused and grow monotonically, so a row added after the snapshot
         # has an id above the snapshot's max_id. Same max id means no such row survived:
         # SQLite's ids are a subset of the snapshot's, and the same count makes them equal.
@@ -81,10 +85,11 @@ def open_index(
     removed = index.remove(stale) if len(stale) else 0
     added = _add_from_store(index, store, dim, missing) if len(missing) else 0
     log.info(
-        "loaded index snapshot (max_id %s): +%d from SQLite, -%d deleted, %d vectors, %.2fs",
-        index.extra.get("max_id"), added, removed, len(index), time.perf_counter() - t0,
+        "loaded index snapshot (max_id %s): +%d from SQLite (%d of them relabelled), "
+        "-%d deleted, %d vectors, %.2fs", index.extra.get("max_id"), added, moved, removed,
+        len(index), time.perf_counter() - t0,
     )
-    return index, bool(added or removed)
+    return index, bool(added or removed or moved)
 
 
 class Snapshotter:
@@ -120,7 +125,8 @@ class Snapshotter:
                 return False
             t0 = time.perf_counter()
             with self.write_lock:
-                extra = {"max_id": self.store.max_id(), "model_fingerprint": self.fingerprint}
+                extra = {"max_id": self.store.max_id(), "model_fingerprint": self.fingerprint,
+                         "relabel_seq": self.store.relabel_seq()}
                 self.index.save(self.directory, extra=extra,
                                 before_publish=lambda: self.faults.hit("snapshot_write"))
                 self._dirty = 0

@@ -15,13 +15,17 @@ Design (durability and recovery)
   therefore always has its file.
 * **The FAISS index is derived data.** It lives in memory and is snapshotted atomically to
   ``DATA_DIR/index/`` every ``SNAPSHOT_EVERY`` writes, every ``SNAPSHOT_SECONDS`` when
-  dirty, and at shutdown, with ``extra={"max_id", "model_fingerprint"}``. At start the
-  snapshot is loaded and reconciled with SQLite (rows missing from it are added from their
+  dirty, and at shutdown, with ``extra={"max_id", "model_fingerprint", "relabel_seq"}``. At
+  start the snapshot is loaded and reconciled with SQLite (rows missing from it are added from their
   stored vectors, ids no longer in SQLite are removed); a missing, corrupt or mismatched
   snapshot is rebuilt from the stored vectors. Nothing is re-embedded at start.
 * **Write path** (one lock): originals on disk → rows committed in one transaction (fsync)
   → vectors added to FAISS → 200. A 200 from ``POST /index`` means the rows are durable.
   **Delete**: row deleted (commit) → removed from FAISS → original unlinked.
+  **Relabel**: row updated and its id logged in ``relabels`` (one commit) → moved to the
+  new label's sub-index. A snapshot records the last ``relabels.seq`` it includes, so at
+  start the ids relabelled after it are moved too (same ids, new label: an id comparison
+  alone would not see them).
 * ``DATA_DIR/.lock`` (``fcntl.flock``) is held while serving or bulk-indexing, so two
   processes never write the same data directory.
 """
@@ -60,6 +64,10 @@ CREATE TABLE IF NOT EXISTS items (
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS relabels (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id INTEGER NOT NULL
+);
 """
 _COLUMNS = "id, sha256, label, label_source, content_type, format, metadata, created_at"
 
@@ -303,3 +311,84 @@ class Store:
         if removed:
             log.info("removed %d orphaned original file(s)", removed)
         return removed
+
+    # -- the gallery list (GET /images) and curation (PATCH /images/{id}) -------------
+
+    def list_items(
+        self, filt: ItemFilter, before: int | None, limit: int
+    ) -> tuple[list[Item], int]:
+        """Up to ``limit`` rows matching ``filt``, newest first, with ids below ``before``;
+        and how many rows match ``filt`` in all."""
+        where, params = filt.clauses()
+        page_where = f"({where}) AND id < ?" if before is not None else where
+        page_params = [*params, before] if before is not None else params
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE {page_where} ORDER BY id DESC LIMIT ?",
+                [*page_params, limit],
+            ).fetchall()
+            total = int(self._db.execute(
+                f"SELECT COUNT(*) FROM items WHERE {where}", params
+            ).fetchone()[0])
+        return [_row_to_item(r) for r in rows], total
+
+    def relabel(self, item_id: int, label: str) -> Item | None:
+        """Give the row a curated label (source ``given``) and log its id in ``relabels``,
+        in one transaction; ``None`` when there is no such row."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "UPDATE items SET label = ?, label_source = 'given' WHERE id = ?",
+                    (label, item_id),
+                )
+                if cur.rowcount:
+                    self._db.execute("INSERT INTO relabels (item_id) VALUES (?)", (item_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self.get(item_id)
+
+    def relabel_seq(self) -> int:
+        """The last relabel's sequence number (0: none yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM relabels").fetchone()
+        return int(row[0] or 0)
+
+    def relabelled_since(self, seq: int) -> np.ndarray:
+        """Ids relabelled after sequence number ``seq`` (some may be deleted since)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT item_id FROM relabels WHERE seq > ? ORDER BY item_id", (seq,)
+            ).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """What a list of stored items is narrowed to; ``None`` is "any".
+
+    A new filter is a field here and a clause in :meth:`clauses`: the DICOM UIDs of issue
+    12 (``study_uid``, ``series_uid``, ``sop_uid``) and ``in_distribution`` of issue 10
+    slot in the same way.
+    """
+
+    label: str | None = None
+    label_source: LabelSource | None = None
+    modality: str | None = None  # metadata.modality (DICOM), case-insensitive
+
+    def clauses(self) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.label is not None:
+            where.append("label = ?")
+            params.append(self.label)
+        if self.label_source is not None:
+            where.append("label_source = ?")
+            params.append(self.label_source)
+        if self.modality is not None:
+            where.append("json_extract(metadata, '$.modality') = ? COLLATE NOCASE")
+            params.append(self.modality)
+        # in_distribution (issue 10): "in_distribution = ?" here once that column exists.
+        return " AND ".join(where) or "1", params

@@ -17,6 +17,7 @@ from models.embed import Embedder
 from models.imaging.decode import decode_image
 from models.imaging.errors import ImageDecodeError
 from models.imaging.formats import DecodedImage
+from models.imaging.render import render_png
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,8 @@ def prepare_uploads(
 
 def prepare_query(data: bytes, embedder: Embedder) -> np.ndarray:
     return embedder.prepare(decode_checked(data, "file").image)
+
+
+def render_upload(data: bytes) -> bytes:
+    """The PNG ``GET /images/{id}`` would answer for these bytes once stored (stores nothing)."""
+    return render_png(decode_checked(data, "file").image)

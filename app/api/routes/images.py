@@ -1,4 +1,5 @@
-"""``GET /images/{id}`` (PNG rendering or the original bytes) and ``DELETE /images/{id}``.
+"""``GET /images/{id}`` (PNG rendering or the original bytes), its small PNG
+``GET /images/{id}/thumbnail``, and ``DELETE /images/{id}``.
 
 The id is an integer looked up in SQLite; file paths come only from the stored sha256,
 so nothing a client sends can name a file.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -56,3 +57,33 @@ async def get_image(
 async def delete_image(retriever: RetrieverDep, item_id: ItemId) -> Response:
     await run_in_threadpool(retriever.delete, item_id)
     return Response(status_code=204)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 weak comparison of ``If-None-Match`` (a list of tags, or ``*``)."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get(
+    "/images/{item_id}/thumbnail",
+    response_class=Response,
+    dependencies=[Depends(require_read_key)],
+    responses={
+        200: {"content": {"image/png": {}}, "description": "PNG, longest side at most 256 px"},
+        304: {"description": "If-None-Match names the current ETag"},
+        **_ERRORS,
+    },
+)
+async def get_thumbnail(
+    retriever: RetrieverDep,
+    item_id: ItemId,
+    if_none_match: Annotated[str | None, Header(description="an ETag from before")] = None,
+) -> Response:
+    etag = await run_in_threadpool(retriever.thumbnail_etag, item_id)
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers={**_CACHE, "ETag": etag})
+    thumb = await run_in_threadpool(retriever.thumbnail, item_id)
+    return Response(thumb.png, media_type="image/png", headers={**_CACHE, "ETag": thumb.etag})

@@ -1,4 +1,5 @@
-"""``POST /search``: classify the query image, then rank stored images by similarity."""
+"""``POST /search``: classify the query image, then rank stored images by similarity;
+``GET /images/{id}/similar``: the same for a stored image."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from app.api.deps import RetrieverDep, require_read_key
-from app.api.schemas import UPLOAD_ERRORS, Prediction, SearchHit, SearchResponse
+from app.api.routes.images import ItemId
+from app.api.schemas import UPLOAD_ERRORS, ErrorResponse, Prediction, SearchHit, SearchResponse
+from app.service.search import SearchOutcome
 
 router = APIRouter(tags=["search"])
 
@@ -39,6 +42,36 @@ async def search(
     t0 = time.perf_counter()
     data = await file.read()
     out = await retriever.search(data, k, scope, label)
+    return search_response(out, t0)
+
+
+@router.get(
+    "/images/{item_id}/similar",
+    response_model=SearchResponse,
+    dependencies=[Depends(require_read_key)],
+    responses={code: {"model": ErrorResponse} for code in (401, 404, 422, 503)},
+    summary="Find the stored images most similar to a stored image",
+)
+async def similar(
+    retriever: RetrieverDep,
+    item_id: ItemId,
+    k: Annotated[int, Query(ge=1, le=1000, description="number of results")] = 10,
+    scope: Annotated[
+        Literal["predicted", "all"],
+        Query(description="the class the model predicts for the image, or everything"),
+    ] = "predicted",
+    label: Annotated[
+        str | None, Query(description="search this class instead (overrides scope)")
+    ] = None,
+) -> SearchResponse:
+    """The answer ``POST /search`` gives for the stored image, ranked by its stored vector,
+    the image itself left out."""
+    t0 = time.perf_counter()
+    out = await retriever.similar(item_id, k, scope, label)
+    return search_response(out, t0)
+
+
+def search_response(out: SearchOutcome, t0: float) -> SearchResponse:
     return SearchResponse(
         prediction=Prediction(
             label=out.label, confidence=out.confidence, probabilities=out.probabilities
@@ -46,7 +79,7 @@ async def search(
         scope=out.scope,
         results=[
             SearchHit(id=h.id, score=h.score, label=h.label, image_url=f"/images/{h.id}",
-                      metadata=h.metadata)
+                      metadata=h.metadata, label_source=h.label_source)
             for h in out.hits
         ],
         took_ms=elapsed_ms(t0),
