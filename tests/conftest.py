@@ -140,6 +140,16 @@ def index_bytes(client: TestClient, blobs: list[bytes], **data: Any) -> list[dic
     return items
 
 
+def index_demo(client: TestClient, per_class: int) -> list[dict[str, Any]]:
+    """Store the first ``per_class`` demo images of every class with their folder labels."""
+    paths = demo_files(per_class=per_class)
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+    r = client.post("/index", files=files, data={"label": [p.parent.name for p in paths]})
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
 @pytest.fixture
 def single_omp_thread() -> Iterator[None]:
     """One OpenMP thread for FAISS during a test: tiny FAISS calls are dominated by

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import CLASSES, demo_files, index_bytes, png_bytes, wait_ready
+from conftest import CLASSES, index_bytes, index_demo, png_bytes, wait_ready
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -19,11 +19,7 @@ KEY = "gallery-key"
 @pytest.fixture
 def gallery(client: TestClient) -> list[dict[str, Any]]:
     """Two demo images per class with their folder labels, then two predicted ones."""
-    paths = demo_files(per_class=2)
-    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-    r = client.post("/index", files=files, data={"label": [p.parent.name for p in paths]})
-    assert r.status_code == 200, r.text
-    return [*r.json()["items"], *index_bytes(client, [png_bytes(1), png_bytes(2)])]
+    return [*index_demo(client, per_class=2), *index_bytes(client, [png_bytes(1), png_bytes(2)])]
 
 
 def _list(client: TestClient, **params: Any) -> Any:

@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 import pytest
-from conftest import CLASSES, demo_files, index_bytes, png_bytes
+from conftest import CLASSES, demo_files, index_bytes, index_demo, png_bytes
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -14,12 +14,7 @@ from PIL import Image
 @pytest.fixture
 def gallery(client: TestClient) -> list[dict[str, Any]]:
     """Two demo images per class, stored with their folder labels."""
-    paths = demo_files(per_class=2)
-    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-    r = client.post("/index", files=files, data={"label": [p.parent.name for p in paths]})
-    assert r.status_code == 200, r.text
-    items: list[dict[str, Any]] = r.json()["items"]
-    return items
+    return index_demo(client, per_class=2)
 
 
 def _search(client: TestClient, data: bytes, **params: Any) -> Any:

@@ -5,18 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import demo_files
+from conftest import demo_files, index_demo
 from fastapi.testclient import TestClient
 
 
 @pytest.fixture
 def gallery(client: TestClient) -> list[dict[str, Any]]:
-    paths = demo_files(per_class=3)
-    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-    r = client.post("/index", files=files, data={"label": [p.parent.name for p in paths]})
-    assert r.status_code == 200, r.text
-    items: list[dict[str, Any]] = r.json()["items"]
-    return items
+    return index_demo(client, per_class=3)
 
 
 def test_similar_matches_search_without_the_item(

@@ -20,6 +20,12 @@ def elapsed_ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
 
 
+# Shared by /search and /images/{id}/similar, which answer with the same model.
+TopK = Annotated[int, Query(ge=1, le=1000, description="number of results")]
+LabelOverride = Annotated[
+    str | None, Query(description="search this class instead (overrides scope)")
+]
+
 @router.post(
     "/search",
     response_model=SearchResponse,
@@ -30,14 +36,12 @@ def elapsed_ms(t0: float) -> float:
 async def search(
     retriever: RetrieverDep,
     file: Annotated[UploadFile, File(description="the query image")],
-    k: Annotated[int, Query(ge=1, le=1000, description="number of results")] = 10,
+    k: TopK = 10,
     scope: Annotated[
         Literal["predicted", "all"],
         Query(description="search the predicted class (the paper's method) or everything"),
     ] = "predicted",
-    label: Annotated[
-        str | None, Query(description="search this class instead (overrides scope)")
-    ] = None,
+    label: LabelOverride = None,
 ) -> SearchResponse:
     t0 = time.perf_counter()
     data = await file.read()
@@ -55,14 +59,12 @@ async def search(
 async def similar(
     retriever: RetrieverDep,
     item_id: ItemId,
-    k: Annotated[int, Query(ge=1, le=1000, description="number of results")] = 10,
+    k: TopK = 10,
     scope: Annotated[
         Literal["predicted", "all"],
         Query(description="the class the model predicts for the image, or everything"),
     ] = "predicted",
-    label: Annotated[
-        str | None, Query(description="search this class instead (overrides scope)")
-    ] = None,
+    label: LabelOverride = None,
 ) -> SearchResponse:
     """The answer ``POST /search`` gives for the stored image, ranked by its stored vector,
     the image itself left out."""
