@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from models.ood import DEFAULT_METHOD, METHODS
+
 log = logging.getLogger("cbmir")
 
 
@@ -62,6 +64,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         f"accuracy {c['accuracy']:.4f}  macro-F1 {c['macro_f1']:.4f}  "
         f"mAP all {r['all']['map']:.4f}  mAP predicted {r['predicted']['map']:.4f}  "
         f"-> {a.out}/report.md\n"
+    )
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from models.training.calibrate import calibrate_model
+
+    cfg = calibrate_model(Path(a.model), Path(a.data), Path(a.split_csv) if a.split_csv else None,
+                          device=a.device, method=a.method, progress=not a.no_progress)
+    assert cfg.ood is not None
+    sys.stdout.write(
+        f"calibrated {a.model}: {cfg.ood.method}, threshold {cfg.ood.threshold:.4f}, "
+        f"{100 * cfg.ood.val_flagged:.2f}% of {cfg.ood.val_images} val images flagged "
+        f"(fingerprint {cfg.fingerprint} unchanged)\n"
     )
     return 0
 
@@ -125,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the figures into the model's config and model card")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="(re)fit the out-of-distribution score of a model "
+                       "on a data set's train and val splits; the weights are not touched")
+    c.add_argument("--model", required=True, type=Path)
+    c.add_argument("--data", required=True, type=Path)
+    c.add_argument("--split-csv", type=Path)
+    c.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS))
+    c.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
 
     i = sub.add_parser("index", help="bulk-add a folder of images to the service's data dir")
     i.add_argument("folder", type=Path,
