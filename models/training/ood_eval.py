@@ -50,8 +50,8 @@ LATENCY_QUERIES = 500
 @dataclass(frozen=True)
 class NearOptions:
     classes: list[str]
-    epochs: int = 4
-    train_per_class: int = 600
+    epochs: int = 3
+    train_per_class: int = 500
     val_per_class: int = 150
     test_per_class: int = 300
 
