@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from models.ood import DEFAULT_METHOD, METHODS
+
 log = logging.getLogger("cbmir")
 
 
@@ -62,6 +64,52 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         f"accuracy {c['accuracy']:.4f}  macro-F1 {c['macro_f1']:.4f}  "
         f"mAP all {r['all']['map']:.4f}  mAP predicted {r['predicted']['map']:.4f}  "
         f"-> {a.out}/report.md\n"
+    )
+    return 0
+
+
+def _named_path(text: str) -> tuple[str, Path]:
+    """``NAME=PATH``, or a bare ``PATH`` named after its folder."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        name, path = Path(text).name, text
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def cmd_evaluate_ood(a: argparse.Namespace) -> int:
+    from models.training.ood_eval import NearOptions, OodEvalOptions, run_ood_evaluation
+
+    near = NearOptions(a.near, epochs=a.near_epochs, train_per_class=a.near_train_per_class,
+                       val_per_class=a.near_val_per_class,
+                       test_per_class=a.near_test_per_class) if a.near else None
+    opts = OodEvalOptions(far=a.far, shifted=a.shifted, synthetic=a.synthetic,
+                          max_per_set=a.max_per_set, near=near, device=a.device,
+                          progress=not a.no_progress)
+    r = run_ood_evaluation(Path(a.model), Path(a.data), Path(a.split_csv) if a.split_csv else None,
+                           Path(a.out), opts)
+    m = r["chosen"]
+    line = f"{m}: in-dist test flagged {100 * r['in_distribution'][m]['flagged']:.2f}%"
+    if r["far_pooled"]:
+        line += f"  far AUROC {r['far_pooled'][m]['auroc']:.4f}"
+    if r["near"]:
+        near = sum(n["methods"][m]["auroc"] for n in r["near"]) / len(r["near"])
+        line += f"  near AUROC mean {near:.4f}"
+    sys.stdout.write(f"{line}  -> {a.out}/ood_report.md\n")
+    return 0
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from models.training.calibrate import calibrate_model
+
+    cfg = calibrate_model(Path(a.model), Path(a.data), Path(a.split_csv) if a.split_csv else None,
+                          device=a.device, method=a.method, progress=not a.no_progress)
+    assert cfg.ood is not None
+    sys.stdout.write(
+        f"calibrated {a.model}: {cfg.ood.method}, threshold {cfg.ood.threshold:.4f}, "
+        f"{100 * cfg.ood.val_flagged:.2f}% of {cfg.ood.val_images} val images flagged "
+        f"(fingerprint {cfg.fingerprint} unchanged)\n"
     )
     return 0
 
@@ -125,6 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the figures into the model's config and model card")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="(re)fit the out-of-distribution score of a model "
+                       "on a data set's train and val splits; the weights are not touched")
+    c.add_argument("--model", required=True, type=Path)
+    c.add_argument("--data", required=True, type=Path)
+    c.add_argument("--split-csv", type=Path)
+    c.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(METHODS))
+    c.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
+
+    o = sub.add_parser("evaluate-ood", help="compare out-of-distribution scores: far OOD sets, "
+                       "synthetic inputs and leave-one-class-out models")
+    o.add_argument("--model", required=True, type=Path)
+    o.add_argument("--data", required=True, type=Path, help="the model's data set (in-dist)")
+    o.add_argument("--split-csv", type=Path)
+    o.add_argument("--out", required=True, type=Path)
+    o.add_argument("--far", action="append", default=[], type=_named_path, metavar="NAME=PATH",
+                   help="a folder of images the model should not know (repeatable)")
+    o.add_argument("--shifted", action="append", default=[], type=_named_path,
+                   metavar="NAME=PATH", help="a folder of known-class images from another source")
+    o.add_argument("--synthetic", type=int, default=100,
+                   help="synthetic images per kind (noise, blank, text, scene); 0: none")
+    o.add_argument("--max-per-set", type=int, default=1000, help="seeded cap per folder")
+    o.add_argument("--near", action="append", default=[], metavar="CLASS",
+                   help="leave this class out of a quick model and score it (repeatable)")
+    o.add_argument("--near-epochs", type=int, default=3)
+    o.add_argument("--near-train-per-class", type=int, default=500)
+    o.add_argument("--near-val-per-class", type=int, default=150)
+    o.add_argument("--near-test-per-class", type=int, default=300)
+    o.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    o.add_argument("--no-progress", action="store_true")
+    o.set_defaults(func=cmd_evaluate_ood)
 
     i = sub.add_parser("index", help="bulk-add a folder of images to the service's data dir")
     i.add_argument("folder", type=Path,

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     # NoDecode: accept "https://a,https://b" as well as a JSON list.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # What to do with an image unlike the model's training images (app.service.ood).
+    ood_policy: Literal["flag", "reject", "off"] = "flag"
     # How often the interpreter hands the GIL between threads (sys.setswitchinterval).
     switch_interval_ms: float = Field(5.0, gt=0, le=100)
     # Intra-op threads for the CNN on CPU. One by default: the service already runs
@@ -83,6 +85,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("ood_policy", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @property
     def max_upload_bytes(self) -> int:

@@ -35,7 +35,7 @@ def _search_batch(r: Retriever, blobs: list[bytes], k: int, scope: Scope) -> Non
     for i in range(len(arrays)):
         # Searcher.rank is the step the /search route runs after the model.
         r.searcher.rank(Embedding(emb.vectors[i : i + 1], emb.probabilities[i : i + 1]), k, scope,
-                  None)
+                        None, arrays[i : i + 1])
 
 
 def search_throughput(r: Retriever, query: bytes, batch_sizes: list[int], k: int, scope: Scope,

@@ -15,6 +15,25 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 
 
+class OodConfig(BaseModel):
+    """How out-of-distribution queries are told apart (see :mod:`models.ood`).
+
+    Written by calibration (``cbmir calibrate``, or at the end of training) beside the
+    weights, which it never touches: the model's fingerprint, and so every index built
+    with it, stays valid.
+    """
+
+    method: str
+    threshold: float = Field(description="a score above it is out of distribution")
+    target_flag_rate: float = Field(gt=0, lt=1, description="share of val images flagged")
+    val_flagged: float = Field(ge=0, le=1, description="share of val images flagged, measured")
+    val_images: int = Field(ge=1)
+    fit_images: int = Field(ge=1, description="train images the statistics were fitted on")
+    stats_file: str = "ood.safetensors"
+    stats_sha256: str
+    data_fingerprint: str = ""
+
+
 class ModelConfig(BaseModel):
     """Architecture, input contract and provenance of one trained model."""
 
@@ -35,6 +54,7 @@ class ModelConfig(BaseModel):
     data_fingerprint: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
     weights_sha256: str = ""
+    ood: OodConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

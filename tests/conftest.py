@@ -3,7 +3,9 @@ settings pointing at ``tmp_path``, and a ready ``TestClient``."""
 
 from __future__ import annotations
 
+import csv
 import io
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,34 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-model")
     save_checkpoint(model, cfg, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def calibrated_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model (same weights, same fingerprint) with an OOD calibration fitted on the
+    bundled demo gallery: 70 train and 30 val images per class."""
+    from models.training.calibrate import calibrate_model
+
+    out = tmp_path_factory.mktemp("tiny-calibrated")
+    shutil.copytree(tiny_model, out, dirs_exist_ok=True)
+    split = tmp_path_factory.mktemp("demo-split") / "split.csv"
+    with split.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        for c in CLASSES:
+            for i, p in enumerate(sorted((DEMO_DIR / c).glob("*.jpeg"))):
+                w.writerow([f"{c}/{p.name}", c, "train" if i < 70 else "val"])
+    calibrate_model(out, DEMO_DIR, split, device="cpu", progress=False)
+    return out
+
+
+def noise_png(seed: int = 0, size: int = 64) -> bytes:
+    """Uniform noise at the model's input size: nothing like a medical image."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L").save(
+        buf, format="PNG")
+    return buf.getvalue()
 
 
 @pytest.fixture(autouse=True)

@@ -44,7 +44,8 @@ def test_health_when_ready(client: TestClient) -> None:
     body = client.get("/health").json()
     assert body["status"] == "ok"
     assert body["model"] == {"name": "tiny-test", "classes": CLASSES, "device": "cpu",
-                             "embedding_dim": 16}
+                             "embedding_dim": 16,
+                             "ood": {"method": None, "threshold": None, "policy": "flag"}}
     assert body["index"]["backend"] == "faiss" and body["index"]["size"] == 0
 
 

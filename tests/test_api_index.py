@@ -15,7 +15,8 @@ from app.config import Settings
 
 def test_given_and_predicted_labels(client: TestClient) -> None:
     items = index_bytes(client, [png_bytes(1), png_bytes(2)], label=["Hand", ""])
-    assert items[0] == {"id": 1, "label": "Hand", "label_source": "given", "duplicate": False}
+    assert items[0] == {"id": 1, "label": "Hand", "label_source": "given", "duplicate": False,
+                        "in_distribution": None}
     assert items[1]["label_source"] == "predicted" and items[1]["label"] in CLASSES
     items = index_bytes(client, [png_bytes(3)])
     assert items[0]["label_source"] == "predicted" and items[0]["id"] == 3

@@ -11,11 +11,18 @@ class ErrorResponse(BaseModel):
     detail: str = Field(examples=["file 1 ('notes.png'): not a supported image"])
 
 
+class OodInfo(BaseModel):
+    method: str | None = Field(description="null: the model has no OOD calibration")
+    threshold: float | None
+    policy: Literal["flag", "reject", "off"]
+
+
 class ModelInfo(BaseModel):
     name: str
     classes: list[str]
     device: str
     embedding_dim: int
+    ood: OodInfo
 
 
 class IndexInfo(BaseModel):
@@ -40,6 +47,8 @@ class IndexedItem(BaseModel):
     label: str
     label_source: Literal["given", "predicted"]
     duplicate: bool = Field(description="the same bytes were already stored under this id")
+    in_distribution: bool | None = Field(
+        None, description="like the model's training images; null when not checked")
 
 
 class IndexResponse(BaseModel):
@@ -50,6 +59,11 @@ class Prediction(BaseModel):
     label: str
     confidence: float
     probabilities: dict[str, float]
+    in_distribution: bool | None = Field(
+        None, description="false: unlike the model's training images, the label means little; "
+        "null: not checked (CBMIR_OOD_POLICY=off, or the model has no calibration)")
+    ood_score: float | None = Field(None, description="higher = more unusual; null: unchecked")
+    ood_threshold: float | None = Field(None, description="a score above it is OOD")
 
 
 class SearchHit(BaseModel):
@@ -65,6 +79,8 @@ class SearchResponse(BaseModel):
     prediction: Prediction
     scope: Literal["predicted", "all", "label"]
     results: list[SearchHit]
+    warnings: list[str] = Field(default_factory=list,
+                                description="one-line notes on this answer; empty when none")
     took_ms: float
 
 

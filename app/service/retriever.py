@@ -23,6 +23,7 @@ from app.service.ingest import Ingested, Ingester
 from app.service.items import Items
 from app.service.lock import DataDirLock
 from app.service.metrics import Metrics
+from app.service.ood import OodGate
 from app.service.search import Scope, Searcher, SearchOutcome
 from app.service.similar import similar
 from app.service.snapshots import Snapshotter, open_index
@@ -44,6 +45,7 @@ class Retriever:
     batcher: MicroBatcher
     snapshotter: Snapshotter
     metrics: Metrics
+    ood: OodGate
     lock: DataDirLock | None = None
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     ingester: Ingester = field(init=False, repr=False)
@@ -53,9 +55,9 @@ class Retriever:
 
     def __post_init__(self) -> None:
         self.ingester = Ingester(self.embedder, self.store, self.index, self.batcher,
-                                 self.snapshotter, self.metrics, self.write_lock)
+                                 self.snapshotter, self.metrics, self.write_lock, self.ood)
         self.searcher = Searcher(self.embedder, self.store, self.index, self.batcher,
-                                 self.metrics)
+                                 self.metrics, self.ood)
         self.items = Items(self.store, self.index, self.snapshotter, self.write_lock)
         self.thumbnails = Thumbnails(self.items)
 
@@ -68,6 +70,7 @@ class Retriever:
         try:
             embedder = Embedder.load(settings.model_dir, settings.device)
             cfg = embedder.config
+            ood = OodGate.open(settings.model_dir, cfg, settings.ood_policy)
             store = Store(settings.data_dir)
             store.check_model(cfg.fingerprint, cfg.embedding_dim, cfg.name)
             store.clean_orphans()
@@ -89,7 +92,7 @@ class Retriever:
             lock.release()
             raise
         metrics.track(lambda: len(index), lambda: batcher.pending)
-        return cls(settings, embedder, store, index, batcher, snapshotter, metrics, lock,
+        return cls(settings, embedder, store, index, batcher, snapshotter, metrics, ood, lock,
                    write_lock)
 
     def close(self) -> None:
@@ -109,7 +112,8 @@ class Retriever:
         return {
             "status": "ok",
             "model": {"name": cfg.name, "classes": cfg.class_names,
-                      "device": str(self.embedder.device), "embedding_dim": cfg.embedding_dim},
+                      "device": str(self.embedder.device), "embedding_dim": cfg.embedding_dim,
+                      "ood": self.ood.info()},
             "index": {"backend": "faiss", "size": len(self.index),
                       "type": self.index.index_type},
         }

@@ -1,12 +1,14 @@
 """Searching: classify the query, pick the scope, rank the index, attach the stored rows.
 
 Scope ``predicted`` (the paper's method) searches only the predicted class's sub-index,
-``all`` every class, and an explicit ``label`` that class instead (scope ``label``).
+``all`` every class, and an explicit ``label`` that class instead (scope ``label``). A
+query out of distribution (:mod:`app.service.ood`) has no meaningful predicted class, so
+scope ``predicted`` becomes ``all`` for it, with a warning.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import faiss
@@ -16,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.service.batcher import MicroBatcher
 from app.service.errors import InvalidInput
 from app.service.metrics import Metrics
+from app.service.ood import UNCHECKED, OodGate, Verdict
 from app.service.store import LabelSource, Store
 from app.service.uploads import prepare_query
 from index import FaissIndex
@@ -40,6 +43,8 @@ class SearchOutcome:
     probabilities: dict[str, float]
     scope: Scope
     hits: list[Hit]
+    verdict: Verdict = UNCHECKED
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class Searcher:
     index: FaissIndex
     batcher: MicroBatcher
     metrics: Metrics
+    ood: OodGate
 
     @property
     def classes(self) -> list[str]:
@@ -63,16 +69,24 @@ class Searcher:
         with self.metrics.stage.labels("decode").time():
             query = await run_in_threadpool(prepare_query, data, self.embedder)
         emb = await self.batcher.embed(query[None])
-        return await run_in_threadpool(self.rank, emb, k, scope, label)
+        return await run_in_threadpool(self.rank, emb, k, scope, label, query[None])
 
-    def rank(self, emb: Embedding, k: int, scope: Scope, label: str | None) -> SearchOutcome:
-        """What a search does after the model: the scope's sub-indexes, then the rows."""
+    def rank(self, emb: Embedding, k: int, scope: Scope, label: str | None,
+             images: np.ndarray) -> SearchOutcome:
+        """What a search does after the model: the OOD verdict, the scope's sub-indexes,
+        then the rows. ``images`` is the ``uint8`` model input the embedding came from."""
+        with self.metrics.stage.labels("ood").time():
+            verdict = self.ood.assess(emb.vectors, images)[0]
+        self.ood.refuse(verdict, "query")
         probs = emb.probabilities[0]
         best = int(np.argmax(probs))
         predicted = self.classes[best]
         labels: list[str] | None = None
+        widened = False
         if label is not None:
             scope, labels = "label", [label]
+        elif scope == "predicted" and verdict.out:
+            scope, widened = "all", True
         elif scope == "predicted":
             labels = [predicted]
         # One query per request: the service parallelises across requests, and an OpenMP
@@ -92,4 +106,5 @@ class Searcher:
         return SearchOutcome(
             predicted, float(probs[best]),
             {c: float(p) for c, p in zip(self.classes, probs, strict=True)}, scope, hits,
+            verdict, self.ood.warnings(verdict, widened),
         )

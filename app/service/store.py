@@ -6,7 +6,9 @@ Design (durability and recovery)
   holds one row per image: ``id`` (``INTEGER PRIMARY KEY AUTOINCREMENT``, so ids are never
   reused, even after a delete), ``sha256`` (unique: the same bytes are stored once),
   ``label``, ``label_source`` (``given``/``predicted``), ``content_type``, ``format``,
-  ``metadata`` (JSON), ``vector`` (the float32 descriptor) and ``created_at``. A ``meta``
+  ``metadata`` (JSON), ``vector`` (the float32 descriptor), ``created_at`` and
+  ``in_distribution`` (the OOD verdict at upload: 1, 0, or NULL when unchecked — also for
+  rows of stores made before the column existed, which gain it at open). A ``meta``
   table records the model fingerprint and embedding dimension the vectors came from; the
   service refuses to start with a different model (use a new ``DATA_DIR`` or re-index).
 * **Originals** are stored by content at ``DATA_DIR/originals/ab/<sha256>``, written to a
@@ -61,7 +63,8 @@ CREATE TABLE IF NOT EXISTS items (
     format TEXT NOT NULL,
     metadata TEXT NOT NULL,
     vector BLOB NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    in_distribution INTEGER CHECK (in_distribution IN (0, 1))
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS relabels (
@@ -69,7 +72,8 @@ CREATE TABLE IF NOT EXISTS relabels (
     item_id INTEGER NOT NULL
 );
 """
-_COLUMNS = "id, sha256, label, label_source, content_type, format, metadata, created_at"
+_COLUMNS = ("id, sha256, label, label_source, content_type, format, metadata, created_at, "
+            "in_distribution")
 
 
 LabelSource = Literal["given", "predicted"]
@@ -89,6 +93,7 @@ class Item:
     format: str
     metadata: dict[str, Any]
     created_at: str
+    in_distribution: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,22 @@ class NewItem:
     format: str
     metadata: dict[str, Any]
     vector: np.ndarray = field(repr=False)
+    in_distribution: bool | None = None
 
 
 def _row_to_item(row: tuple[Any, ...]) -> Item:
     source = cast(LabelSource, row[3])
-    return Item(row[0], row[1], row[2], source, row[4], row[5], json.loads(row[6]), row[7])
+    ood = None if row[8] is None else bool(row[8])
+    return Item(row[0], row[1], row[2], source, row[4], row[5], json.loads(row[6]), row[7], ood)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Columns added since a store was made; their old rows read NULL (not checked)."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(items)")}
+    if "in_distribution" not in have:
+        db.execute("ALTER TABLE items ADD COLUMN in_distribution INTEGER "
+                   "CHECK (in_distribution IN (0, 1))")
+        log.info("store: added column in_distribution (existing rows: NULL)")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -131,6 +147,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        _migrate(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -277,9 +294,11 @@ class Store:
                 for it in items:
                     cur = self._db.execute(
                         "INSERT INTO items (sha256, label, label_source, content_type, format,"
-                        " metadata, vector, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        " metadata, vector, created_at, in_distribution)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (it.sha256, it.label, it.label_source, it.content_type, it.format,
-                         json.dumps(it.metadata), it.vector.astype("<f4").tobytes(), now),
+                         json.dumps(it.metadata), it.vector.astype("<f4").tobytes(), now,
+                         None if it.in_distribution is None else int(it.in_distribution)),
                     )
                     ids.append(int(cur.lastrowid or 0))
                 self._db.execute("COMMIT")

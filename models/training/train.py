@@ -34,6 +34,7 @@ from models.net import RetrievalNet, set_memory_format
 from models.preprocess import normalize, standardize
 from models.training import recipe
 from models.training.augment import AugmentSpec, augment, make_overlays
+from models.training.calibrate import calibrate_prepared
 from models.training.dataset import DatasetIndex, load_prepared, scan_dataset
 from models.training.ema import WeightEma
 from models.training.model_card import write_model_card, write_training_curve
@@ -250,6 +251,9 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
     result.config = cfg
     write_training_curve(result.history, out / "training_curve.png")
     write_model_card(cfg, out, [vars(h) for h in result.history])
+    # The OOD score is fitted on the same decoded train and val images (models/ood.py).
+    result.config = calibrate_prepared(out, tr, va, device=args.device,
+                                       data_fingerprint=ds.fingerprint, progress=args.progress)
     log.info("saved %s (best epoch %d, val acc %.4f) in %.0fs", out, result.best_epoch, best_acc,
              result.seconds)
     return result

@@ -117,6 +117,6 @@ async def index_images(
     items = await retriever.ingest(uploads)
     return IndexResponse(items=[
         IndexedItem(id=it.id, label=it.label, label_source=it.label_source,
-                    duplicate=it.duplicate)
+                    duplicate=it.duplicate, in_distribution=it.in_distribution)
         for it in items
     ])

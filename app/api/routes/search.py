@@ -76,7 +76,9 @@ async def similar(
 def search_response(out: SearchOutcome, t0: float) -> SearchResponse:
     return SearchResponse(
         prediction=Prediction(
-            label=out.label, confidence=out.confidence, probabilities=out.probabilities
+            label=out.label, confidence=out.confidence, probabilities=out.probabilities,
+            in_distribution=out.verdict.in_distribution, ood_score=out.verdict.score,
+            ood_threshold=out.verdict.threshold,
         ),
         scope=out.scope,
         results=[
@@ -84,5 +86,6 @@ def search_response(out: SearchOutcome, t0: float) -> SearchResponse:
                       metadata=h.metadata, label_source=h.label_source)
             for h in out.hits
         ],
+        warnings=out.warnings,
         took_ms=elapsed_ms(t0),
     )
