@@ -101,3 +101,40 @@ def test_real_chest_ct_is_recognised_whatever_the_window(embedder: Embedder, win
     right = sum(p == e for p, e in zip(predicted, expected, strict=True))
     assert right >= FLOOR[window] - 1, list(zip([f.name for f in files], predicted,
                                                 strict=True))
+
+
+PBC = DATA / "pbc-sample"
+
+
+def _flags(emb: Embedder, images: list[np.ndarray]) -> np.ndarray:
+    from models.ood import load_scorer
+
+    scorer = load_scorer(DEFAULT_MODEL_DIR, emb.config)
+    assert scorer is not None, "the default model ships its OOD calibration"
+    batch = np.stack(images)
+    return scorer.flags(scorer.score(emb.embed_prepared(batch).vectors, batch))
+
+
+def test_default_model_flags_noise_and_knows_every_class(embedder: Embedder) -> None:
+    rng = np.random.default_rng(0)
+    size = embedder.config.image_size
+    noise = [rng.integers(0, 256, (3, size, size), dtype=np.uint8) for _ in range(4)]
+    assert _flags(embedder, noise).all()
+    # The demo gallery (40 images of every class) is in distribution: calibration flags
+    # about 1 % of validation images, so a few percent at most, and no class left out.
+    demo = [p for p in sorted(DEMO.glob("*/*")) if is_image_file(p)]
+    prep = load_prepared([Record(p, p.parent.name, "train") for p in demo], embedder.config,
+                         progress=False)
+    flagged = _flags(embedder, list(prep.images))
+    assert flagged.mean() <= 0.03
+    for c in range(len(CLASSES)):
+        assert flagged[prep.labels == c].mean() <= 0.2, CLASSES[c]
+
+
+@pytest.mark.skipif(not (PBC / "split.csv").is_file(),
+                    reason="../shared/data/pbc-sample is absent on this machine")
+def test_default_model_flags_blood_cell_microscopy(embedder: Embedder) -> None:
+    records = [Record(p, "x", "test") for p in sorted(PBC.rglob("*.jpg"))[:: 100]]
+    prep = load_prepared(records, embedder.config, progress=False)
+    assert len(prep.images) >= 10
+    assert _flags(embedder, list(prep.images)).mean() >= 0.9
