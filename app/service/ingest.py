@@ -54,9 +54,8 @@ class Ingester:
         return prepared, todo
 
     async def ingest(self, uploads: list[Upload]) -> list[Ingested]:
-        prepared, todo = await run_in_threadpool(self._timed_prepare, uploads)
-        emb = await self.batcher.embed(np.stack([p.array for p in todo])) if todo else None
-        return await run_in_threadpool(self._commit, prepared, todo, emb)
+        # One worker-thread trip for decode, forward pass and commit (see Searcher.search).
+        return await run_in_threadpool(self.ingest_sync, uploads)
 
     def ingest_sync(self, uploads: list[Upload]) -> list[Ingested]:
         """The same steps as :meth:`ingest`, for bulk indexing and demo seeding."""
