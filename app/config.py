@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     # NoDecode: accept "https://a,https://b" as well as a JSON list.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # One log line per request (uvicorn's access log); the metrics count requests anyway.
+    access_log: bool = False
     # How often the interpreter hands the GIL between threads (sys.setswitchinterval).
     switch_interval_ms: float = Field(5.0, gt=0, le=100)
     # Intra-op threads for the CNN on CPU. One by default: the service already runs
