@@ -117,7 +117,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Store:
-    """Thread-safe (one connection behind a lock: statements are short)."""
+    """Thread-safe: writes (and rare reads) share one connection behind a lock; the reads
+    of every request (:meth:`get_many`, :meth:`find_sha`) use a connection per thread, so
+    concurrent searches do not queue on that lock (WAL lets readers run beside a writer).
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
@@ -131,10 +134,32 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._closed = False
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
             self._db.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (opened on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._lock:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+                # check_same_thread=False only so close() may close it from another thread.
+                conn = sqlite3.connect(
+                    f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True,
+                    check_same_thread=False, isolation_level=None,
+                )
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
 
     # -- model identity --------------------------------------------------------------
 
@@ -184,20 +209,18 @@ class Store:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE id IN ({marks})", [int(i) for i in ids]
-            ).fetchall()
+        rows = self._reader().execute(
+            f"SELECT {_COLUMNS} FROM items WHERE id IN ({marks})", [int(i) for i in ids]
+        ).fetchall()
         return {r[0]: _row_to_item(r) for r in rows}
 
     def find_sha(self, shas: Sequence[str]) -> dict[str, Item]:
         if not shas:
             return {}
         marks = ",".join("?" * len(shas))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE sha256 IN ({marks})", list(shas)
-            ).fetchall()
+        rows = self._reader().execute(
+            f"SELECT {_COLUMNS} FROM items WHERE sha256 IN ({marks})", list(shas)
+        ).fetchall()
         return {r[1]: _row_to_item(r) for r in rows}
 
     def vectors(
