@@ -78,14 +78,16 @@ class FaissIndex:
         self._lock = RWLock()
         self._mutate = threading.Lock()
         self._gpu = GpuMirrors() if use_gpu(device) else None
+        # len() without a lock: health probes and metrics scrapes must never queue behind
+        # a writer (an int attribute is read atomically; it is written under both locks).
+        self._count = 0
 
     @property
     def index_type(self) -> Kind:
         return self._policy.index_type
 
     def __len__(self) -> int:
-        with self._lock.read():
-            return len(self._owner)
+        return self._count
 
     def __repr__(self) -> str:
         return f"FaissIndex(dim={self.dim}, index_type={self.index_type!r}, n={len(self)})"
@@ -109,27 +111,35 @@ class FaissIndex:
             groups.setdefault(label, []).append(row)
         if len(groups) == 1:  # the usual case: no need to copy the batch
             groups = dict.fromkeys(groups, slice(None))
-        with self._mutate, self._lock.write():
-            present = self._owner.present(id_arr)
-            if len(present):
-                raise ValueError(f"ids already in the index: {present[:5].tolist()}")
-            for label, rows in groups.items():
-                sub = self._subs.get(label)
-                if sub is None:
-                    sub = self._subs[label] = new_flat(self.dim)
-                part_ids, part_x = id_arr[rows], x[rows]
-                sub.add(part_ids, part_x, self._policy)
-                self._owner.add(part_ids.tolist(), self._code(label))
-                self._after_mutation(label, added=(part_ids, part_x))
+        with self._mutate:
+            touched: list[tuple[str, tuple[np.ndarray, np.ndarray]]] = []
+            with self._lock.write():
+                present = self._owner.present(id_arr)
+                if len(present):
+                    raise ValueError(f"ids already in the index: {present[:5].tolist()}")
+                for label, rows in groups.items():
+                    sub = self._subs.get(label)
+                    if sub is None:
+                        sub = self._subs[label] = new_flat(self.dim)
+                    part_ids, part_x = id_arr[rows], x[rows]
+                    sub.add(part_ids, part_x, self._policy)
+                    self._owner.add(part_ids.tolist(), self._code(label))
+                    touched.append((label, (part_ids, part_x)))
+                self._count = len(self._owner)
+            for label, added in touched:
+                self._after_mutation(label, added=added)
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Remove ``ids``; unknown ids are ignored. Returns how many were removed."""
         id_arr = np.unique(np.asarray(ids, dtype=np.int64).ravel())
-        with self._mutate, self._lock.write():
-            found, codes = self._owner.pop(id_arr)
-            for code in np.unique(codes).tolist():
-                label = self._names[code]
-                self._subs[label].remove(found[codes == code])
+        with self._mutate:
+            with self._lock.write():
+                found, codes = self._owner.pop(id_arr)
+                labels = [self._names[code] for code in np.unique(codes).tolist()]
+                for code, label in zip(np.unique(codes).tolist(), labels, strict=True):
+                    self._subs[label].remove(found[codes == code])
+                self._count = len(self._owner)
+            for label in labels:
                 self._after_mutation(label)
         return len(found)
 
@@ -145,22 +155,27 @@ class FaissIndex:
     ) -> None:
         """Drop an emptied label, apply the rebuild policy, update its GPU mirror.
 
+        Called holding ``_mutate`` but not ``_lock``: a rebuild (28 s for an IVF retrain at
+        1M vectors) or a repack reads the old sub-index while searches go on using it,
+        since no other writer can change it, and only the swap takes the write lock.
+
         ``added`` is what was just appended, if that is all that happened: the
         mirror can then be appended to instead of copied again in full.
         """
         sub = self._subs[label]
-        replacement = rebuilt(sub, self._policy) if len(sub) else None
-        if replacement is not None:
-            sub = self._subs[label] = replacement
-            added = None
-        if len(sub) == 0:
-            del self._subs[label]
-        if self._gpu is None:
-            return
-        if label not in self._subs or sub.kind != "flat":
-            self._gpu.refresh(label, None)
-        elif added is None or not self._gpu.append(label, *added):
-            self._gpu.refresh(label, sub.index)
+        replacement = rebuilt(sub, self._policy, swap=self._lock.write) if len(sub) else None
+        with self._lock.write():
+            if replacement is not None:
+                sub = self._subs[label] = replacement
+                added = None
+            if len(sub) == 0:
+                del self._subs[label]
+            if self._gpu is None:
+                return
+            if label not in self._subs or sub.kind != "flat":
+                self._gpu.refresh(label, None)
+            elif added is None or not self._gpu.append(label, *added):
+                self._gpu.refresh(label, sub.index)
 
     # -- queries ------------------------------------------------------------
 
@@ -185,6 +200,13 @@ class FaissIndex:
     def ids(self) -> np.ndarray:
         with self._lock.read():
             return self._owner.all_ids()
+
+    def missing(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Those of ``ids`` that are not in the index (e.g. a write whose add failed)."""
+        id_arr = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        with self._lock.read():
+            present = self._owner.present(id_arr)
+        return np.setdiff1d(id_arr, present)
 
     def label_counts(self) -> dict[str, int]:
         with self._lock.read():
@@ -308,16 +330,19 @@ class FaissIndex:
         except (KeyError, TypeError) as exc:
             raise IndexCorruptError(f"invalid sidecar in {snap}: {exc}") from exc
         subs = load_into(snap, meta, stored_dim)
-        with index._lock.write():
-            index._subs = subs
-            for label, sub in subs.items():
-                ids = sub.live_ids()
-                if len(index._owner.present(ids)):
-                    raise IndexCorruptError(f"label {label!r} in {snap} repeats ids of another")
-                index._owner.add(ids.tolist(), index._code(label))
-            if len(index._owner) != meta.get("count"):
-                raise IndexCorruptError(f"sidecar count in {snap} does not match its files")
-            index.extra = dict(meta.get("extra") or {})
+        with index._mutate:
+            with index._lock.write():
+                index._subs = subs
+                for label, sub in subs.items():
+                    ids = sub.live_ids()
+                    if len(index._owner.present(ids)):
+                        raise IndexCorruptError(
+                            f"label {label!r} in {snap} repeats ids of another")
+                    index._owner.add(ids.tolist(), index._code(label))
+                if len(index._owner) != meta.get("count"):
+                    raise IndexCorruptError(f"sidecar count in {snap} does not match its files")
+                index._count = len(index._owner)
+                index.extra = dict(meta.get("extra") or {})
             for label in list(subs):
                 index._after_mutation(label)  # applies changed settings, mirrors to GPU
         logger.info("loaded index from %s: %d vectors, %d labels", snap, len(index), len(subs))
