@@ -77,6 +77,7 @@ class FaissIndex:
         # long save cannot stall searches (the RW lock prefers waiting writers).
         self._lock = RWLock()
         self._mutate = threading.Lock()
+        self._saving = threading.Lock()  # one save at a time (snapshot numbering)
         self._gpu = GpuMirrors() if use_gpu(device) else None
         # len() without a lock: health probes and metrics scrapes must never queue behind
         # a writer (an int attribute is read atomically; it is written under both locks).
@@ -243,9 +244,13 @@ class FaissIndex:
         *,
         extra: Mapping[str, Any] | None = None,
         before_publish: Callable[[], None] | None = None,
+        unlocked: Callable[[], None] | None = None,
     ) -> None:
         """Atomically write a snapshot; ``extra`` (JSON) is stored and returned by load.
 
+        Mutations wait only while the index files are written (into the page cache, from
+        the live index: no copy in memory); fsync, hashing and publishing follow with the
+        lock let go, and ``unlocked`` is called there. Searches never wait (see __init__).
         ``before_publish``: see :func:`index.storage.write_snapshot`.
         """
         payload = dict(self.extra if extra is None else extra)
@@ -253,40 +258,62 @@ class FaissIndex:
             json.dumps(payload)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"extra must be JSON-serialisable: {exc}") from exc
-        # Mutations wait so the snapshot is consistent; searches go on (see __init__).
-        with self._mutate:
-            files: dict[str, storage.FileWriter] = {}
-            labels: dict[str, Any] = {}
-            for i, (label, sub) in enumerate(sorted(self._subs.items())):
-                name = f"label-{i:04d}"
-                files[f"{name}.faiss"] = _index_writer(sub.index)
-                tomb = None
-                if sub.tombstones:
-                    tomb = f"{name}.tombstones.npy"
-                    files[tomb] = _array_writer(np.fromiter(sub.tombstones, np.int64))
-                labels[label] = {
-                    "file": f"{name}.faiss",
-                    "count": len(sub),
-                    "kind": sub.kind,
-                    "trained_at": sub.trained_at,
-                    "tombstones_file": tomb,
-                }
-            sidecar = {
-                "format_version": FORMAT_VERSION,
-                "dim": self.dim,
-                "metric": "ip",
-                "index_type": self.index_type,
-                "approx_min_size": self._policy.approx_min_size,
-                "nprobe": self._policy.nprobe,
-                "count": len(self._owner),
-                "labels": labels,
-                "model_fingerprint": self.model_fingerprint,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "faiss_version": faiss.__version__,
-                "extra": payload,
-            }
-            storage.write_snapshot(Path(directory), files, sidecar, before_publish)
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._mutate.release()
+                if unlocked is not None:
+                    unlocked()
+
+        with self._saving:
+            self._mutate.acquire()
+            try:
+                self._save_locked(Path(directory), payload, before_publish, release)
+            finally:
+                if held:
+                    held = False
+                    self._mutate.release()
             self.extra = payload
+
+    def _save_locked(
+        self, directory: Path, payload: dict[str, Any],
+        before_publish: Callable[[], None] | None, release: Callable[[], None],
+    ) -> None:
+        """The snapshot as ``save`` describes, entered holding ``_mutate``."""
+        files: dict[str, storage.FileWriter] = {}
+        labels: dict[str, Any] = {}
+        for i, (label, sub) in enumerate(sorted(self._subs.items())):
+            name = f"label-{i:04d}"
+            files[f"{name}.faiss"] = _index_writer(sub.index)
+            tomb = None
+            if sub.tombstones:
+                tomb = f"{name}.tombstones.npy"
+                files[tomb] = _array_writer(np.fromiter(sub.tombstones, np.int64))
+            labels[label] = {
+                "file": f"{name}.faiss",
+                "count": len(sub),
+                "kind": sub.kind,
+                "trained_at": sub.trained_at,
+                "tombstones_file": tomb,
+            }
+        sidecar = {
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "metric": "ip",
+            "index_type": self.index_type,
+            "approx_min_size": self._policy.approx_min_size,
+            "nprobe": self._policy.nprobe,
+            "count": len(self._owner),
+            "labels": labels,
+            "model_fingerprint": self.model_fingerprint,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "faiss_version": faiss.__version__,
+            "extra": payload,
+        }
+        storage.write_snapshot(directory, files, sidecar, before_publish, release)
 
     @classmethod
     def load(
