@@ -16,7 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.service.errors import InvalidInput, NotFound, ServiceError, Unavailable
+from app.service.errors import (
+    InvalidInput,
+    NotFound,
+    ServiceError,
+    StorageFull,
+    Unavailable,
+)
 from models.imaging.errors import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ HTTP_STATUS: dict[type[Exception], tuple[int, Headers]] = {
     TooManyFiles: (413, None),
     Unauthorized: (401, {"WWW-Authenticate": "X-API-Key"}),
     Unavailable: (503, {"Retry-After": "1"}),  # batcher.Overloaded included
+    StorageFull: (507, None),  # Insufficient Storage: the write was not kept
 }
 """Status and extra headers per exception class, looked up along the class's bases, so a
 subclass answers like the nearest listed one."""

@@ -32,6 +32,7 @@ Design (durability and recovery)
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -45,6 +46,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
+
+from app.service.errors import StorageFull
+from app.service.faults import NO_FAULTS, Faults
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,13 @@ def _row_to_item(row: tuple[Any, ...]) -> Item:
     return Item(row[0], row[1], row[2], source, row[4], row[5], json.loads(row[6]), row[7])
 
 
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT from the file system, or SQLite's SQLITE_FULL (13)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == 13
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -122,8 +133,9 @@ class Store:
     concurrent searches do not queue on that lock (WAL lets readers run beside a writer).
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, faults: Faults = NO_FAULTS) -> None:
         self.data_dir = Path(data_dir)
+        self.faults = faults  # test-only fault points (app.service.faults)
         self.originals = self.data_dir / ORIGINALS
         self.originals.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -199,8 +211,8 @@ class Store:
 
     def ids(self) -> np.ndarray:
         with self._lock:
-            rows = self._db.execute("SELECT id FROM items ORDER BY id").fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+            cur = self._db.execute("SELECT id FROM items ORDER BY id")
+            return np.fromiter((r[0] for r in cur), dtype=np.int64)
 
     def get(self, item_id: int) -> Item | None:
         return self.get_many([item_id]).get(item_id)
@@ -271,15 +283,18 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------
 
-    def _write_original(self, sha256: str, data: bytes) -> None:
+    def _write_original(self, sha256: str, data: bytes) -> bool:
+        """Store the bytes; False if they were already there (written by someone else)."""
         path = self.original_path(sha256)
         if path.is_file() and path.stat().st_size == len(data):
-            return  # content-addressed: an orphan left by a crash already holds these bytes
+            return False  # content-addressed: an orphan left by a crash holds these bytes
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(data[: len(data) // 2])
+                self.faults.hit("disk_full")
+                f.write(data[len(data) // 2 :])
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -287,11 +302,30 @@ class Store:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
+        return True
 
     def insert(self, items: Sequence[NewItem]) -> list[int]:
-        """Write originals, then every row in one transaction; returns the new ids."""
-        for it in items:
-            self._write_original(it.sha256, it.data)
+        """Write originals, then every row in one transaction; returns the new ids.
+
+        All or nothing: on any failure the transaction is rolled back and the originals
+        this call wrote are removed again. A full disk raises :class:`StorageFull`.
+        """
+        written: list[str] = []
+        try:
+            for it in items:
+                if self._write_original(it.sha256, it.data):
+                    written.append(it.sha256)
+            return self._insert_rows(items)
+        except BaseException as e:
+            for sha in written:
+                self.unlink_original(sha)
+            if _is_disk_full(e):
+                raise StorageFull(
+                    "the data directory's disk is full: nothing of this request was stored"
+                ) from e
+            raise
+
+    def _insert_rows(self, items: Sequence[NewItem]) -> list[int]:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         ids: list[int] = []
         with self._lock:
@@ -307,7 +341,9 @@ class Store:
                     ids.append(int(cur.lastrowid or 0))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A failed COMMIT may already have ended the transaction.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
         return ids
 
