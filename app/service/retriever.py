@@ -18,7 +18,7 @@ from typing import Any
 
 from app.config import Settings
 from app.service.batcher import MicroBatcher
-from app.service.faults import Faults
+from app.service.faults import NO_FAULTS, Faults
 from app.service.ingest import Ingested, Ingester
 from app.service.items import Items
 from app.service.lock import DataDirLock
@@ -46,6 +46,7 @@ class Retriever:
     metrics: Metrics
     lock: DataDirLock | None = None
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    faults: Faults = NO_FAULTS
     ingester: Ingester = field(init=False, repr=False)
     searcher: Searcher = field(init=False, repr=False)
     items: Items = field(init=False, repr=False)
@@ -53,7 +54,7 @@ class Retriever:
 
     def __post_init__(self) -> None:
         self.ingester = Ingester(self.embedder, self.store, self.index, self.batcher,
-                                 self.snapshotter, self.metrics, self.write_lock)
+                                 self.snapshotter, self.metrics, self.write_lock, self.faults)
         self.searcher = Searcher(self.embedder, self.store, self.index, self.batcher,
                                  self.metrics)
         self.items = Items(self.store, self.index, self.snapshotter, self.write_lock)
@@ -68,29 +69,32 @@ class Retriever:
         try:
             embedder = Embedder.load(settings.model_dir, settings.device)
             cfg = embedder.config
-            store = Store(settings.data_dir)
+            faults = Faults.parse(settings.test_faults)
+            store = Store(settings.data_dir, faults)
             store.check_model(cfg.fingerprint, cfg.embedding_dim, cfg.name)
             store.clean_orphans()
             index, dirty = open_index(store, settings, cfg.embedding_dim, cfg.fingerprint)
             write_lock = threading.Lock()
             snapshotter = Snapshotter(
-                index, store, settings.index_dir, cfg.fingerprint, write_lock,
+                index, store, settings.index_dir, cfg.fingerprint,
                 every=settings.snapshot_every, seconds=settings.snapshot_seconds, dirty=dirty,
-                faults=Faults.parse(settings.test_faults),
+                faults=faults, on_failure=metrics.snapshot_failures.inc,
             )
             batcher = MicroBatcher(
                 embedder.embed_prepared, max_batch=settings.batch_max_size,
                 wait_ms=settings.batch_wait_ms, max_queue=settings.max_queue,
-                on_batch=metrics.observe_batch,
+                on_batch=metrics.observe_batch, on_restart=metrics.batcher_restarts.inc,
+                faults=faults,
             )
         except BaseException:
             if store is not None:
                 store.close()
             lock.release()
             raise
-        metrics.track(lambda: len(index), lambda: batcher.pending)
+        metrics.track(lambda: len(index), lambda: batcher.pending,
+                      snapshot_age=lambda: snapshotter.state.age_s)
         return cls(settings, embedder, store, index, batcher, snapshotter, metrics, lock,
-                   write_lock)
+                   write_lock, faults)
 
     def close(self) -> None:
         """Drain the batcher, write the final snapshot, release the data dir."""
@@ -105,13 +109,25 @@ class Retriever:
         return self.embedder.class_names
 
     def health(self) -> dict[str, Any]:
+        """What is loaded and whether it works; reads no lock, so it answers at once even
+        while a snapshot is written or an index rebuilt."""
         cfg = self.embedder.config
+        batcher, snap = self.batcher, self.snapshotter.state
+        degraded = [reason for reason, bad in (
+            ("the model's worker thread is not running or is stuck", not batcher.healthy),
+            ("the last index snapshot failed", snap.last_error is not None),
+        ) if bad]
         return {
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
+            "problems": degraded,
             "model": {"name": cfg.name, "classes": cfg.class_names,
                       "device": str(self.embedder.device), "embedding_dim": cfg.embedding_dim},
             "index": {"backend": "faiss", "size": len(self.index),
                       "type": self.index.index_type},
+            "batcher": {"alive": batcher.alive, "restarts": batcher.restarts,
+                        "queued_images": batcher.pending},
+            "snapshot": {"age_s": round(snap.age_s, 1), "failures": snap.failures,
+                         "last_error": snap.last_error},
         }
 
     # -- the jobs, each in its own module ----------------------------------------------
