@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # NoDecode: accept "https://a,https://b" as well as a JSON list.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Memory all image decodes in progress may hold together (app.service.decoding).
+    decode_memory_mb: float = Field(512.0, gt=0)
+    # Images with more pixels are reduced on read; 0: (32 x the model's input side)^2.
+    decode_pixel_cap: int = Field(0, ge=0)
     # One log line per request (uvicorn's access log); the metrics count requests anyway.
     access_log: bool = False
     # How often the interpreter hands the GIL between threads (sys.setswitchinterval).

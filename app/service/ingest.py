@@ -26,7 +26,8 @@ import anyio
 import numpy as np
 
 from app.service.batcher import MicroBatcher
-from app.service.errors import NotYetSearchable
+from app.service.decoding import Decoder
+from app.service.errors import NotYetSearchable, StorageFull
 from app.service.faults import NO_FAULTS, Faults
 from app.service.metrics import Metrics
 from app.service.snapshots import Snapshotter
@@ -57,6 +58,7 @@ class Ingester:
     snapshotter: Snapshotter
     metrics: Metrics
     write_lock: threading.Lock
+    decoder: Decoder
     faults: Faults = NO_FAULTS
     _limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
 
@@ -66,7 +68,7 @@ class Ingester:
 
     def _timed_prepare(self, uploads: list[Upload]) -> tuple[list[Prepared], list[Prepared]]:
         with self.metrics.stage.labels("decode").time():
-            prepared = prepare_uploads(uploads, self.embedder, self.classes)
+            prepared = prepare_uploads(uploads, self.embedder, self.classes, self.decoder)
         # Bytes already stored need no forward pass (re-running a bulk import is cheap).
         known = self.store.find_sha([p.sha256 for p in prepared])
         todo = list({p.sha256: p for p in prepared if p.sha256 not in known}.values())
@@ -112,7 +114,11 @@ class Ingester:
             items = list(new.values())
             self._repair([row.id for row in known.values()])
             if items:
-                ids = self.store.insert(items)
+                try:
+                    ids = self.store.insert(items)
+                except StorageFull:
+                    self.metrics.storage_full.inc()
+                    raise
                 self._add(np.array(ids, np.int64), np.stack([it.vector for it in items]),
                           [it.label for it in items])
                 for it, item_id in zip(items, ids, strict=True):

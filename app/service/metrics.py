@@ -81,16 +81,17 @@ class Metrics:
         self.inference.observe(seconds)
 
     def track(self, index_size: Callable[[], int], queue: Callable[[], int],
-              snapshot_age: Callable[[], float] | None = None,
-              decode: Callable[[], tuple[int, int]] | None = None) -> None:
+              snapshot_age: Callable[[], float] | None = None) -> None:
         """Read gauges at scrape time from the live objects (none of them takes a lock)."""
         self.index_size.set_function(lambda: float(index_size()))
         self.queue.set_function(lambda: float(queue()))
         if snapshot_age is not None:
             self.snapshot_age.set_function(snapshot_age)
-        if decode is not None:
-            self.decode_bytes.set_function(lambda: float(decode()[0]))
-            self.decode_bytes_peak.set_function(lambda: float(decode()[1]))
+
+    def track_decode(self, usage: Callable[[], tuple[int, int]]) -> None:
+        """Bytes reserved by decodes now, and at most so far (app.service.decoding)."""
+        self.decode_bytes.set_function(lambda: float(usage()[0]))
+        self.decode_bytes_peak.set_function(lambda: float(usage()[1]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

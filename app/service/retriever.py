@@ -18,6 +18,7 @@ from typing import Any
 
 from app.config import Settings
 from app.service.batcher import MicroBatcher
+from app.service.decoding import MB, DecodeGate, Decoder, pixel_cap_for
 from app.service.faults import NO_FAULTS, Faults
 from app.service.ingest import Ingested, Ingester
 from app.service.items import Items
@@ -51,12 +52,18 @@ class Retriever:
     searcher: Searcher = field(init=False, repr=False)
     items: Items = field(init=False, repr=False)
     thumbnails: Thumbnails = field(init=False, repr=False)
+    decoder: Decoder = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        s = self.settings
+        self.decoder = Decoder(DecodeGate(int(s.decode_memory_mb * MB)),
+                               s.decode_pixel_cap or pixel_cap_for(self.embedder.config))
         self.ingester = Ingester(self.embedder, self.store, self.index, self.batcher,
-                                 self.snapshotter, self.metrics, self.write_lock, self.faults)
+                                 self.snapshotter, self.metrics, self.write_lock, self.decoder,
+                                 self.faults)
         self.searcher = Searcher(self.embedder, self.store, self.index, self.batcher,
-                                 self.metrics)
+                                 self.metrics, self.decoder)
+        self.metrics.track_decode(self.decoder.gate.usage)
         self.items = Items(self.store, self.index, self.snapshotter, self.write_lock)
         self.thumbnails = Thumbnails(self.items)
 
@@ -178,4 +185,4 @@ class Retriever:
 
     def render(self, data: bytes) -> bytes:
         """The PNG the service makes of an upload; nothing is stored."""
-        return render_upload(data)
+        return render_upload(data, self.decoder)

@@ -14,6 +14,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.service.batcher import MicroBatcher
+from app.service.decoding import Decoder
 from app.service.errors import InvalidInput
 from app.service.metrics import Metrics
 from app.service.store import LabelSource, Store
@@ -49,6 +50,7 @@ class Searcher:
     index: FaissIndex
     batcher: MicroBatcher
     metrics: Metrics
+    decoder: Decoder
 
     @property
     def classes(self) -> list[str]:
@@ -68,7 +70,7 @@ class Searcher:
     def search_sync(self, data: bytes, k: int, scope: Scope, label: str | None
                     ) -> SearchOutcome:
         with self.metrics.stage.labels("decode").time():
-            query = prepare_query(data, self.embedder)
+            query = prepare_query(data, self.embedder, self.decoder)
         emb = self.batcher.embed_sync(query[None])
         return self.rank(emb, k, scope, label)
 
