@@ -77,8 +77,13 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-async def _refused(_: Request, exc: Exception) -> JSONResponse:
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
     status, headers = http_status(exc)
+    if status == 401:
+        # Logged here because the access log is off by default (CBMIR_ACCESS_LOG): a failed
+        # key is worth a line of its own. Never the key itself.
+        log.warning("401 %s %s: missing or invalid X-API-Key", request.method,
+                    request.url.path)
     return error_response(status, str(exc).splitlines()[0], headers)
 
 
