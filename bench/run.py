@@ -142,10 +142,16 @@ def _run_sections(wanted: list[str], plan: Plan, model_dir: Path, data: Path | N
     def embedder_section() -> dict[str, Any]:
         from bench.embedder import bench_embedder, prepare_all
 
+        from bench.common import thread_limit
+
         images = prepare_all(embedder, [im.data for im in sets.gallery[:256]])
         mm = sec.get("matmul", {}).get("gflops_median")
+        torchscript = Embedder.load(model_dir, "cpu", onnx=False)
+        with thread_limit(torch_threads=1):  # the service's setting (CBMIR_TORCH_THREADS)
+            one_thread = Embedder.load(model_dir, "cpu")
         return bench_embedder(embedder, images, list(plan.batch_sizes), plan.embed_min_images,
-                              plan.repeats, mm, plan.max_s_per_point, plan.warmup)
+                              plan.repeats, mm, plan.max_s_per_point, plan.warmup,
+                              torchscript=torchscript, one_thread=one_thread)
 
     guarded("embedder", embedder_section)
 
