@@ -146,6 +146,35 @@ def _service(s: dict[str, Any]) -> list[str]:
                       for v in variants if f"ingest_http_{v}" in s), ""]
     if s.get("profile"):
         out += _profile(s["profile"])
+    return out + _kinds(s)
+
+
+def _kinds(s: dict[str, Any]) -> list[str]:
+    if not s.get("kinds"):
+        return []
+    out = ["### Realistic queries", "",
+           "The same `POST /search?k=10&scope=predicted` with each image, the floor given the "
+           "same upload, back to back at each level. Images above the pixel cap (2048² for "
+           "the 64 px model) are reduced on read.", ""]
+    rows = []
+    for kind, k in s["kinds"].items():
+        for c, r in k["levels"].items():
+            v, f = r["service"], r["floor"]
+            rows.append([kind if c in (1, "1") else "", k["what"] if c in (1, "1") else "",
+                         f"{k['bytes'] / 1e6:.2f} MB" if c in (1, "1") else "", c,
+                         _f(v["p50_ms"], 2), _f(f["p50_ms"], 2), _f(v["throughput_rps"], 0),
+                         _f(f["throughput_rps"], 0), v["errors"]])
+    out += _table(["kind", "image", "upload", "clients", "service p50", "floor p50",
+                   "service req/s", "floor req/s", "errors"], rows)
+    m = s.get("memory")
+    if m:
+        out += [f"**Memory**: {m['requests']} concurrent searches of a {m['image_bytes'] / 1e6:.1f}"
+                f" MB 6000×6000 16-bit PNG: statuses {sorted(set(m['statuses']))}, server RSS "
+                f"{_f((m['rss_before_bytes'] or 0) / 2**20, 0)} MiB before, peak "
+                f"**{_f((m['peak_rss_bytes'] or 0) / 2**20, 0)} MiB** (VmHWM), "
+                f"{_f((m['rss_after_bytes'] or 0) / 2**20, 0)} MiB after; decodes reserved at "
+                f"most {_f((m['decode_reserved_peak_bytes'] or 0) / 2**20, 0)} MiB at once "
+                f"(CBMIR_DECODE_MEMORY_MB); {m['seconds']:.1f} s for all.", ""]
     return out
 
 
@@ -187,6 +216,16 @@ def _scale(s: dict[str, Any]) -> list[str]:
                 f"{(svc['rss_bytes'] or 0) / MIB:.0f} MiB; /search (predicted, 1 client) p50 "
                 f"{c1['p50_ms']:.1f} ms, p99 {c1['p99_ms']:.1f} ms, {c1['throughput_rps']:.0f} "
                 "req/s."]
+        d = svc.get("during_snapshot")
+        if d and d.get("published"):
+            out += [f"- While one write made it snapshot all {s['n']:,} items "
+                    f"({d['snapshot_s']:.1f} s from the write to publication)"
+                    f", one client searching and one polling "
+                    f"/health: /search p50 {d['search']['p50_ms']:.1f} ms, **p99 "
+                    f"{d['search']['p99_ms']:.1f} ms** (max {d['search']['max_ms']:.1f}, "
+                    f"{d['search']['requests']} requests); /health p50 "
+                    f"{d['health']['p50_ms']:.1f} ms, **p99 {d['health']['p99_ms']:.1f} ms** "
+                    f"(max {d['health']['max_ms']:.1f}, {d['health']['requests']} requests)."]
     else:
         out += ["- Real service start-up at this size: not run (--quick or --no-scale-service); "
                 "the probe's model + index load stands in for it."]
