@@ -63,9 +63,17 @@ def _embedder(e: dict[str, Any], mm: dict[str, Any] | None) -> list[str]:
              _f(r["eager_img_s"], 0), _f(r["frozen_over_eager"], 2), _f(r["frozen_gflops"]),
              _f(100 * r.get("frozen_fraction_of_matmul", float("nan"))),
              _f(r["frozen_1thread_img_s"], 0)] for r in e["by_batch"]]
-    return out + _table(["batch", "served img/s", "TorchScript img/s", "eager img/s",
-                         "served/eager", "served GFLOP/s", "% of matmul",
-                         "served, 1 thread img/s"], rows)
+    out += _table(["batch", "served img/s", "TorchScript img/s", "eager img/s",
+                   "served/eager", "served GFLOP/s", "% of matmul",
+                   "served, 1 thread img/s"], rows)
+    if e.get("cap_fidelity"):
+        out += ["Reduced on read above the pixel cap: cosine between the descriptors of each "
+                "image decoded with and without the cap (same predicted class: "
+                f"{sum(r['same_class'] for r in e['cap_fidelity'])} of "
+                f"{len(e['cap_fidelity'])}).", ""]
+        out += _table(["image", "cosine"], [[r["image"], _f(r["cosine"], 5)]
+                                            for r in e["cap_fidelity"]])
+    return out
 
 
 def _search(s: dict[str, Any]) -> list[str]:

@@ -148,9 +148,17 @@ def _run_sections(wanted: list[str], plan: Plan, model_dir: Path, data: Path | N
         torchscript = Embedder.load(model_dir, "cpu", onnx=False)
         with thread_limit(torch_threads=1):  # the service's setting (CBMIR_TORCH_THREADS)
             one_thread = Embedder.load(model_dir, "cpu")
-        return bench_embedder(embedder, images, list(plan.batch_sizes), plan.embed_min_images,
-                              plan.repeats, mm, plan.max_s_per_point, plan.warmup,
-                              torchscript=torchscript, one_thread=one_thread)
+        res = bench_embedder(embedder, images, list(plan.batch_sizes), plan.embed_min_images,
+                             plan.repeats, mm, plan.max_s_per_point, plan.warmup,
+                             torchscript=torchscript, one_thread=one_thread)
+        if plan.realistic:
+            from app.service.decoding import pixel_cap_for
+            from bench.data import DEMO_DIR
+            from bench.realistic import cap_fidelity
+
+            res["cap_fidelity"] = cap_fidelity(embedder, DEMO_DIR,
+                                               pixel_cap_for(embedder.config))
+        return res
 
     guarded("embedder", embedder_section)
 
