@@ -30,7 +30,7 @@ def _stored(searcher: Searcher, item_id: int) -> tuple[np.ndarray, np.ndarray]:
     chunks = list(store.vectors(searcher.index.dim, np.array([item_id])))
     if not chunks:  # deleted since the row was read
         raise NotFound(f"no image with id {item_id}")
-    return chunks[0][1], prepare_query(data, searcher.embedder)
+    return chunks[0][1], prepare_query(data, searcher.embedder, searcher.decoder)
 
 
 async def similar(
