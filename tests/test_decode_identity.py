@@ -18,7 +18,6 @@ from pydicom.data import get_testdata_file
 from models.imaging.decode import decode_image
 
 CAP = (32 * 64) ** 2  # app.service.decoding.pixel_cap_for at 64 px
-DEMO = Path(__file__).resolve().parents[1] / "app" / "demo"
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
@@ -35,7 +34,8 @@ def _jpeg(arr: np.ndarray) -> bytes:
 
 def cases() -> Iterator[tuple[str, bytes]]:
     rng = np.random.default_rng(11)
-    yield "demo-jpeg", sorted((DEMO / "Hand").glob("*.jpeg"))[0].read_bytes()
+    y, x = np.mgrid[0:64, 0:64]
+    yield "jpeg-64", _jpeg(((x * 3 + y * 2) % 256).astype(np.uint8))
     yield "ct-small-dicom", Path(get_testdata_file("CT_small.dcm")).read_bytes()
     yield "mr-small-dicom", Path(get_testdata_file("MR_small.dcm")).read_bytes()
     yield "png16-1024", _png(rng.integers(0, 4096, (1024, 1024), dtype=np.uint16))
@@ -45,7 +45,7 @@ def cases() -> Iterator[tuple[str, bytes]]:
 
 
 GOLDEN = {
-    "demo-jpeg": "bfc10c204df7c276f53cb5ab14dabfdb33a1046df06ca87f2634a01c09084bdf",
+    "jpeg-64": "f330a1062b3e7d0dbd53eb180a3f18a28be826e6a25ed33ebe3c0e0273684b47",
     "ct-small-dicom": "1726247861185cf0ee568146946d4b2bfcd6e845e30b50f22895ac96e8f29be8",
     "mr-small-dicom": "38ab8d87e706bf8d3b976e0afbf8d214c544c82a0092169ead1512024257e0f0",
     "png16-1024": "0421365788b493ce46ba801d9d2d6884f2d8846087d4493213e76f6d53ae8cfc",
