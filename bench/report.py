@@ -169,7 +169,7 @@ def _kinds(s: dict[str, Any]) -> list[str]:
         for c, r in k["levels"].items():
             v, f = r["service"], r["floor"]
             rows.append([kind if c in (1, "1") else "", k["what"] if c in (1, "1") else "",
-                         f"{k['bytes'] / 1e6:.2f} MB" if c in (1, "1") else "", c,
+                         f"{k['bytes'] / 1e3:,.0f} kB" if c in (1, "1") else "", c,
                          _f(v["p50_ms"], 2), _f(f["p50_ms"], 2), _f(v["throughput_rps"], 0),
                          _f(f["throughput_rps"], 0), v["errors"]])
     out += _table(["kind", "image", "upload", "clients", "service p50", "floor p50",
