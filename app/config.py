@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # What to do with an image unlike the model's training images (app.service.ood).
     ood_policy: Literal["flag", "reject", "off"] = "flag"
+    # Memory all image decodes in progress may hold together (app.service.decoding).
+    decode_memory_mb: float = Field(512.0, gt=0)
+    # Images with more pixels are reduced on read; 0: (32 x the model's input side)^2.
+    decode_pixel_cap: int = Field(0, ge=0)
+    # One log line per request (uvicorn's access log); the metrics count requests anyway.
+    access_log: bool = False
     # How often the interpreter hands the GIL between threads (sys.setswitchinterval).
     switch_interval_ms: float = Field(5.0, gt=0, le=100)
     # Intra-op threads for the CNN on CPU. One by default: the service already runs

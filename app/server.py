@@ -7,6 +7,7 @@ surfaces here as a one-line ``ValueError`` (the CLI prints it and exits 2).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -23,6 +24,24 @@ log = logging.getLogger(__name__)
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
     log.info("stopped by signal %d", signum)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def large_allocations_from_mmap(threshold: int = 1 << 20) -> None:
+    """Serve allocations over ``threshold`` bytes by mmap, so freeing them returns them.
+
+    glibc raises its mmap threshold after each large free (up to 32 MB) and from then on
+    carves such buffers (decoded images, their float copies) out of per-thread heaps that
+    it keeps: after 16 concurrent 6000x6000 PNG searches the server's RSS stayed at
+    1.3 GiB with 408 MB ever reserved by decodes; with a fixed threshold its peak was
+    821 MiB and it fell back to 392 MiB (bench/RESULTS.md, "Memory"). No-op elsewhere.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def preflight(settings: Settings) -> None:
@@ -50,6 +69,7 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) ->
     from app.main import create_app
 
     preflight(settings)
+    large_allocations_from_mmap()
     # The batcher thread, the decoding threads and the event loop take turns on the GIL;
     # a thread that has finished C work (a forward pass, a decode) waits up to one switch
     # interval to get it back. The interpreter's 5 ms default is tuned for throughput of
@@ -67,9 +87,14 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) ->
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
+    # loop/http "auto" pick uvloop and httptools (uvicorn[standard]) over asyncio and h11:
+    # less CPU per request on the event loop, which is what the HTTP floor measures.
+    # The access log is off unless asked for: a formatted line per request costs the
+    # event loop time, and cbmir_http_requests already counts every request.
     config = uvicorn.Config(
         app, host=host, port=port, workers=1, log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30, server_header=False,
+        timeout_graceful_shutdown=30, server_header=False, access_log=settings.access_log,
+        loop="auto", http="auto",
     )
     server = uvicorn.Server(config)
     log.info("serving on http://%s:%d (data in %s)", host, port, settings.data_dir)

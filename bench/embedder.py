@@ -1,5 +1,6 @@
-"""Embedder throughput by batch size, frozen TorchScript runner vs eager, against the
-matmul ceiling."""
+"""Embedder throughput by batch size: the runner the service uses (ONNX Runtime when it
+loads, else the frozen TorchScript trace; "frozen" in the keys), the TorchScript trace and
+eager PyTorch, against the matmul ceiling."""
 
 from __future__ import annotations
 
@@ -49,25 +50,35 @@ def _images_per_s(embedder: Embedder, images: np.ndarray, batch: int, min_images
 
 def bench_embedder(embedder: Embedder, images: np.ndarray, batch_sizes: list[int],
                    min_images: int, repeats: int, matmul_gflops: float | None,
-                   max_s_per_point: float = 10.0, warmup: int = 2) -> dict[str, Any]:
+                   max_s_per_point: float = 10.0, warmup: int = 2,
+                   torchscript: Embedder | None = None, one_thread: Embedder | None = None
+                   ) -> dict[str, Any]:
+    """``torchscript``: the same model loaded without ONNX Runtime; ``one_thread``: the
+    served runner loaded on one thread (an ONNX Runtime session keeps its thread count)."""
     flops = flops_per_image(embedder.config)
-    # Same preprocessing and normalisation, only the forward differs: runner=None makes
-    # embed_prepared call the eager model's embed_and_classify.
-    eager = dataclasses.replace(embedder, runner=None)
+    # Same preprocessing and normalisation, only the forward differs: runner=None and
+    # onnx=None make embed_prepared call the eager model's embed_and_classify.
+    eager = dataclasses.replace(embedder, runner=None, onnx=None)
     # Embedder.load falls back to eager when tracing fails: say which one "frozen" was.
     frozen_is_traced = isinstance(embedder.runner, torch.jit.ScriptModule)
+    runner = "onnxruntime" if embedder.onnx is not None else (
+        "torchscript" if frozen_is_traced else "eager")
+    variants = [("frozen", embedder), ("eager", eager)]
+    if torchscript is not None and embedder.onnx is not None:
+        variants.append(("torchscript", torchscript))
     rows = []
     for b in batch_sizes:
         row: dict[str, Any] = {"batch": b}
-        for name, emb in (("frozen", embedder), ("eager", eager)):
+        for name, emb in variants:
             rate = _images_per_s(emb, images, b, min_images, repeats, max_s_per_point, warmup)
             row[f"{name}_img_s"] = rate
             row[f"{name}_gflops"] = rate * flops / 1e9
         # One thread: on a busy 2-core machine OpenMP's fork/join waits for a descheduled
         # second thread, which can cost more than the parallelism gains.
         with thread_limit(torch_threads=1):
-            row["frozen_1thread_img_s"] = _images_per_s(embedder, images, b, min_images,
-                                                        repeats, max_s_per_point, warmup)
+            row["frozen_1thread_img_s"] = _images_per_s(one_thread or embedder, images, b,
+                                                        min_images, repeats, max_s_per_point,
+                                                        warmup)
         row["frozen_over_eager"] = row["frozen_img_s"] / row["eager_img_s"]
         if matmul_gflops:
             row["frozen_fraction_of_matmul"] = row["frozen_gflops"] / matmul_gflops
@@ -80,7 +91,8 @@ def bench_embedder(embedder: Embedder, images: np.ndarray, batch_sizes: list[int
         "model": {"name": cfg.name, "fingerprint": cfg.fingerprint, "in_channels": cfg.in_channels,
                   "image_size": cfg.image_size, "widths": cfg.widths, "fc_dims": cfg.fc_dims,
                   "embedding_dim": cfg.embedding_dim, "classes": cfg.num_classes},
-        "runner_is_frozen_torchscript": frozen_is_traced,
+        "runner_is_frozen_torchscript": frozen_is_traced and embedder.onnx is None,
+        "runner": runner,
         "flops_per_image": flops,
         "matmul_gflops": matmul_gflops,
         "torch_threads": torch.get_num_threads(),

@@ -12,7 +12,7 @@ import argparse
 import logging
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, File, Query, UploadFile
+from fastapi import FastAPI, File, Query, Response, UploadFile
 
 from app.api.schemas import Prediction, SearchHit, SearchResponse
 
@@ -31,11 +31,13 @@ async def search(
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     scope: Annotated[Literal["predicted", "all"], Query()] = "predicted",
     label: Annotated[str | None, Query()] = None,
-) -> SearchResponse:
+) -> Response:
     data = await file.read()  # the upload is read, as the service does
     hits = [SearchHit(id=i + 1, score=1.0 - i / 100, label=CLASSES[0], image_url=f"/images/{i+1}",
                       metadata={"bytes": len(data)}, label_source="given") for i in range(k)]
-    return SearchResponse(prediction=_PREDICTION, scope=scope, results=hits, took_ms=0.0)
+    body = SearchResponse(prediction=_PREDICTION, scope=scope, results=hits, took_ms=0.0)
+    # Serialised as the service serialises it (app/api/routes/search.py).
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @app.get("/health")
@@ -54,7 +56,7 @@ def main() -> None:
     logging.basicConfig(level=a.log_level.upper())
     # The settings of app.server.run_server, so only the application differs.
     config = uvicorn.Config(app, host=a.host, port=a.port, workers=1, log_level=a.log_level,
-                            timeout_graceful_shutdown=30, server_header=False)
+                            timeout_graceful_shutdown=30, server_header=False, access_log=False)
     uvicorn.Server(config).run()
 
 

@@ -30,7 +30,7 @@ def open_retriever(model_dir: Path, data_dir: Path) -> Retriever:
 def _search_batch(r: Retriever, blobs: list[bytes], k: int, scope: Scope) -> None:
     """decode + preprocess each, one forward pass for all, one index search + SQLite
     lookup per query (as each /search request does)."""
-    arrays = np.stack([prepare_query(b, r.embedder) for b in blobs])
+    arrays = np.stack([prepare_query(b, r.embedder, r.decoder) for b in blobs])
     emb = r.embedder.embed_prepared(arrays, batch_size=len(arrays))
     for i in range(len(arrays)):
         # Searcher.rank is the step the /search route runs after the model.

@@ -30,6 +30,7 @@ class Plan:
     scale_n: int = 1_000_000
     scale_service: bool = True
     seed_demo: bool = True
+    realistic: bool = True  # query kinds, large-upload memory, latency during a snapshot
     spawn_early: bool = False
     max_s_per_point: float = 2.0
     profile_seconds: int = 8  # py-spy on the service after the levels, when installed
@@ -48,7 +49,7 @@ class Plan:
 QUICK = Plan(matmul_repeats=3, embed_min_images=16, repeats=1, gallery_images=240, queries=30,
              search_sizes=(10_000,), hnsw_max=0, levels=(1, 4), seconds=1, ingest_images=32,
              pipeline_images=16, scale_n=10_000, scale_service=False, seed_demo=False,
-             variants={}, spawn_early=True, max_s_per_point=0.5, profile_seconds=0,
+             variants={}, realistic=False, spawn_early=True, max_s_per_point=0.5, profile_seconds=0,
              warmup=1, http_warmup_s=0)
 
 

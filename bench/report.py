@@ -57,13 +57,23 @@ def _embedder(e: dict[str, Any], mm: dict[str, Any] | None) -> list[str]:
     m = e["model"]
     out += [f"Embedder `{m['name']}` ({m['in_channels']}×{m['image_size']}² input, widths "
             f"{m['widths']}, fc {m['fc_dims']}): {e['flops_per_image'] / 1e6:.1f} MFLOP/image. "
-            f"Runner is a frozen TorchScript: {e['runner_is_frozen_torchscript']}.", ""]
-    rows = [[r["batch"], _f(r["frozen_img_s"], 0), _f(r["eager_img_s"], 0),
-             _f(r["frozen_over_eager"], 2), _f(r["frozen_gflops"]),
+            f"Served runner (*served*): {e.get('runner', 'torchscript')}; *TorchScript*: the "
+            "frozen trace it replaced.", ""]
+    rows = [[r["batch"], _f(r["frozen_img_s"], 0), _f(r.get("torchscript_img_s", float("nan")), 0),
+             _f(r["eager_img_s"], 0), _f(r["frozen_over_eager"], 2), _f(r["frozen_gflops"]),
              _f(100 * r.get("frozen_fraction_of_matmul", float("nan"))),
              _f(r["frozen_1thread_img_s"], 0)] for r in e["by_batch"]]
-    return out + _table(["batch", "frozen img/s", "eager img/s", "frozen/eager",
-                         "frozen GFLOP/s", "% of matmul", "frozen, 1 thread img/s"], rows)
+    out += _table(["batch", "served img/s", "TorchScript img/s", "eager img/s",
+                   "served/eager", "served GFLOP/s", "% of matmul",
+                   "served, 1 thread img/s"], rows)
+    if e.get("cap_fidelity"):
+        out += ["Reduced on read above the pixel cap: cosine between the descriptors of each "
+                "image decoded with and without the cap (same predicted class: "
+                f"{sum(r['same_class'] for r in e['cap_fidelity'])} of "
+                f"{len(e['cap_fidelity'])}).", ""]
+        out += _table(["image", "cosine"], [[r["image"], _f(r["cosine"], 5)]
+                                            for r in e["cap_fidelity"]])
+    return out
 
 
 def _search(s: dict[str, Any]) -> list[str]:
@@ -144,6 +154,35 @@ def _service(s: dict[str, Any]) -> list[str]:
                       for v in variants if f"ingest_http_{v}" in s), ""]
     if s.get("profile"):
         out += _profile(s["profile"])
+    return out + _kinds(s)
+
+
+def _kinds(s: dict[str, Any]) -> list[str]:
+    if not s.get("kinds"):
+        return []
+    out = ["### Realistic queries", "",
+           "The same `POST /search?k=10&scope=predicted` with each image, the floor given the "
+           "same upload, back to back at each level. Images above the pixel cap (2048² for "
+           "the 64 px model) are reduced on read.", ""]
+    rows = []
+    for kind, k in s["kinds"].items():
+        for c, r in k["levels"].items():
+            v, f = r["service"], r["floor"]
+            rows.append([kind if c in (1, "1") else "", k["what"] if c in (1, "1") else "",
+                         f"{k['bytes'] / 1e3:,.0f} kB" if c in (1, "1") else "", c,
+                         _f(v["p50_ms"], 2), _f(f["p50_ms"], 2), _f(v["throughput_rps"], 0),
+                         _f(f["throughput_rps"], 0), v["errors"]])
+    out += _table(["kind", "image", "upload", "clients", "service p50", "floor p50",
+                   "service req/s", "floor req/s", "errors"], rows)
+    m = s.get("memory")
+    if m:
+        out += [f"**Memory**: {m['requests']} concurrent searches of a {m['image_bytes'] / 1e6:.1f}"
+                f" MB 6000×6000 16-bit PNG: statuses {sorted(set(m['statuses']))}, server RSS "
+                f"{_f((m['rss_before_bytes'] or 0) / 2**20, 0)} MiB before, peak "
+                f"**{_f((m['peak_rss_bytes'] or 0) / 2**20, 0)} MiB** (VmHWM), "
+                f"{_f((m['rss_after_bytes'] or 0) / 2**20, 0)} MiB after; decodes reserved at "
+                f"most {_f((m['decode_reserved_peak_bytes'] or 0) / 2**20, 0)} MiB at once "
+                f"(CBMIR_DECODE_MEMORY_MB); {m['seconds']:.1f} s for all.", ""]
     return out
 
 
@@ -185,6 +224,16 @@ def _scale(s: dict[str, Any]) -> list[str]:
                 f"{(svc['rss_bytes'] or 0) / MIB:.0f} MiB; /search (predicted, 1 client) p50 "
                 f"{c1['p50_ms']:.1f} ms, p99 {c1['p99_ms']:.1f} ms, {c1['throughput_rps']:.0f} "
                 "req/s."]
+        d = svc.get("during_snapshot")
+        if d and d.get("published"):
+            out += [f"- While one write made it snapshot all {s['n']:,} items "
+                    f"({d['snapshot_s']:.1f} s from the write to publication)"
+                    f", one client searching and one polling "
+                    f"/health: /search p50 {d['search']['p50_ms']:.1f} ms, **p99 "
+                    f"{d['search']['p99_ms']:.1f} ms** (max {d['search']['max_ms']:.1f}, "
+                    f"{d['search']['requests']} requests); /health p50 "
+                    f"{d['health']['p50_ms']:.1f} ms, **p99 {d['health']['p99_ms']:.1f} ms** "
+                    f"(max {d['health']['max_ms']:.1f}, {d['health']['requests']} requests)."]
     else:
         out += ["- Real service start-up at this size: not run (--quick or --no-scale-service); "
                 "the probe's model + index load stands in for it."]

@@ -111,7 +111,7 @@ def _run_sections(wanted: list[str], plan: Plan, model_dir: Path, data: Path | N
     service_cfg = ServiceConfig(list(plan.levels), plan.seconds, tool, repeats=plan.repeats,
                                 pipeline_images=plan.pipeline_images, seed_demo=plan.seed_demo,
                                 variants=plan.variants, profile_dir=out,
-                                warmup_s=plan.http_warmup_s,
+                                warmup_s=plan.http_warmup_s, kinds=plan.realistic,
                                 profile_seconds=plan.profile_seconds if py_spy() else 0)
     running = None
     if plan.spawn_early and "service" in wanted:
@@ -140,12 +140,25 @@ def _run_sections(wanted: list[str], plan: Plan, model_dir: Path, data: Path | N
     guarded("matmul", lambda: matmul_ceiling(2048, plan.matmul_repeats, plan.warmup))
 
     def embedder_section() -> dict[str, Any]:
+        from bench.common import thread_limit
         from bench.embedder import bench_embedder, prepare_all
 
         images = prepare_all(embedder, [im.data for im in sets.gallery[:256]])
         mm = sec.get("matmul", {}).get("gflops_median")
-        return bench_embedder(embedder, images, list(plan.batch_sizes), plan.embed_min_images,
-                              plan.repeats, mm, plan.max_s_per_point, plan.warmup)
+        torchscript = Embedder.load(model_dir, "cpu", onnx=False)
+        with thread_limit(torch_threads=1):  # the service's setting (CBMIR_TORCH_THREADS)
+            one_thread = Embedder.load(model_dir, "cpu")
+        res = bench_embedder(embedder, images, list(plan.batch_sizes), plan.embed_min_images,
+                             plan.repeats, mm, plan.max_s_per_point, plan.warmup,
+                             torchscript=torchscript, one_thread=one_thread)
+        if plan.realistic:
+            from app.service.decoding import pixel_cap_for
+            from bench.data import DEMO_DIR
+            from bench.realistic import cap_fidelity
+
+            res["cap_fidelity"] = cap_fidelity(embedder, DEMO_DIR,
+                                               pixel_cap_for(embedder.config))
+        return res
 
     guarded("embedder", embedder_section)
 

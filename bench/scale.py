@@ -18,6 +18,7 @@ from app.service.store import DB_FILE, Store
 from bench import servers
 from bench.common import REPO, rss_bytes, stop_process
 from bench.http import run_load
+from bench.realistic import during_snapshot
 from bench.search import Kept, batched_ids, recall_at_k, time_single
 from bench.vectors import VectorSource, gallery_chunks
 from index import FaissIndex
@@ -145,15 +146,31 @@ def _service_start(src: VectorSource, n: int, embedder: Embedder, model_dir: Pat
              res["fill_store_s"])
     image_path = work / "scale-query.jpeg"
     image_path.write_bytes(image)
+    # Every write is due for a snapshot: the first one below snapshots all n items.
     with servers.service(model_dir, data_dir, work, "scale-service", seed_demo="false",
-                         index_type="ivf", approx_min_size=str(approx_min_size)) as svc:
+                         index_type="ivf", approx_min_size=str(approx_min_size),
+                         snapshot_every="1") as svc:
         res["start_to_health_s"] = svc.wait_healthy(timeout_s)
         res["rss_bytes"] = rss_bytes(svc.proc.pid).get("VmRSS")
         url = svc.url + "/search?k=10&scope=predicted"
         run_load(tool, url, image_path, 1, 1)  # warm-up: first calls profile and optimise
         res["search_c1"] = run_load(tool, url, image_path, 1, seconds).as_dict()
         res["rss_after_search_bytes"] = rss_bytes(svc.proc.pid).get("VmRSS")
+        res["during_snapshot"] = during_snapshot(svc, image, _fresh_png())
     log.info("scale: service with %d items healthy after %.1fs, RSS %.0f MiB, /search p50 "
              "%.1f ms", n, res["start_to_health_s"], (res["rss_bytes"] or 0) / 2**20,
              res["search_c1"]["p50_ms"])
     return res
+
+
+def _fresh_png() -> bytes:
+    """An image no row of the filled store has (their hashes are made up)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    arr = np.random.default_rng(7).integers(0, 256, (64, 64), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()

@@ -16,7 +16,7 @@ from typing import Any
 
 from app.config import Settings
 from app.service.search import Scope
-from bench import profile, servers
+from bench import profile, realistic, servers
 from bench.common import loadavg, stop_process, thread_limit
 from bench.data import ImageSets
 from bench.http import ingest_http, run_load
@@ -46,6 +46,7 @@ class ServiceConfig:
     # py-spy run on the service after the measured levels (0: none); raw stacks go here
     profile_seconds: int = 0
     profile_dir: Path | None = None
+    kinds: bool = True  # realistic query images and the large-upload memory check
 
 
 def _service_settings() -> dict[str, Any]:
@@ -160,6 +161,10 @@ def bench_service(model_dir: Path, sets: ImageSets, cfg: ServiceConfig, work: Pa
             out["ingest_http" if s.name == "service" else f"ingest_http_{s.name}"] = _ingest(
                 cfg, s, sets, fresh_http)
         out["levels"] = _load_levels(cfg, [floor, *svcs], image)
+        if cfg.kinds:
+            out["kinds"] = realistic.by_kind(cfg.tool, floor, svcs[0], sets.queries[0].data,
+                                             work, cfg.seconds)
+            out["memory"] = realistic.large_uploads(svcs[0])
         if cfg.profile_seconds:
             out["profile"] = _profile(cfg, svcs[0], image, work)
         for s in running:  # started outside too: the data dir lock must be free below

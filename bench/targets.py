@@ -62,6 +62,22 @@ def evaluate(sections: dict[str, Any]) -> list[dict[str, Any]]:
                 "index_vs_local", "/index rate >= 60% of in-process embed-and-store rate",
                 svc["ingest_http"]["images_per_s"] / svc["ingest_local"]["images_per_s"], 0.6,
                 True, "ratio"))
+    mem = svc.get("memory")
+    if mem and mem.get("peak_rss_bytes"):
+        out.append(_target(
+            "memory_large_uploads", f"peak server RSS during {mem['requests']} concurrent "
+            "6000x6000 16-bit PNG searches <= 1.5 GiB, every request answered 200/413/503",
+            mem["peak_rss_bytes"] / 2**30, 1.5, False, "GiB",
+            f"statuses {sorted(set(mem['statuses']))}"))
+        if not mem["all_answered"]:
+            out[-1].update(passed=False, margin=f"statuses {sorted(set(mem['statuses']))}")
+    snap = (sections.get("scale") or {}).get("service", {}).get("during_snapshot")
+    if snap and snap.get("published"):
+        note = f"{snap['snapshot_s']:.1f} s snapshot of {sections['scale']['n']:,} items"
+        out.append(_target("stall_search", "search p99 while a 1M-item snapshot is written "
+                           "<= 50 ms", snap["search"]["p99_ms"], 50, False, "ms", note))
+        out.append(_target("stall_health", "/health p99 during the same <= 100 ms",
+                           snap["health"]["p99_ms"], 100, False, "ms", note))
     emb = sections.get("embedder") or {}
     b256 = next((r for r in emb.get("by_batch", []) if r["batch"] == 256), None)
     if b256:

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 Kind = Literal["flat", "ivf", "hnsw"]
 #: A callable returning a fresh iterator of ``(ids, vectors)`` chunks each call.
 ChunkSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+#: The owner's exclusive lock, taken only around the switch to repacked lists.
+Swap = Callable[[], contextlib.AbstractContextManager[None]]
 
 #: Compact an HNSW sub-index when this share of its vectors is tombstoned:
 #: filtered-out nodes still cost search time and degrade recall.
@@ -166,7 +168,7 @@ class LabelIndex:
         self._selector = faiss.IDSelectorNot(batch)
         self._selector.referenced_batch = batch  # keep the C++ object alive
 
-    def repack(self) -> None:
+    def repack(self, swap: Swap = contextlib.nullcontext) -> None:
         """Copy an IVF index's inverted lists into exactly-sized buffers.
 
         FAISS appends to each list with geometric growth and malloc recycles
@@ -184,8 +186,11 @@ class LabelIndex:
                 new.resize(list_no, size)  # reserve exactly...
                 new.resize(list_no, 0)  # ...std::vector keeps the capacity
                 new.add_entries(list_no, size, old.get_ids(list_no), old.get_codes(list_no))
-        ivf.replace_invlists(new, True)  # frees the old lists
-        new.this.disown()  # now owned by the index
+        # The copy above only reads the old lists, which searches may do at the same
+        # time; only the switch to the new ones must exclude them.
+        with swap():
+            ivf.replace_invlists(new, True)  # frees the old lists
+            new.this.disown()  # now owned by the index
         self.packed_at = self.trimmed_at = int(ivf.ntotal)
         release_free_memory()
 
@@ -320,10 +325,12 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def rebuilt(sub: LabelIndex, policy: Policy) -> LabelIndex | None:
+def rebuilt(sub: LabelIndex, policy: Policy, swap: Swap = contextlib.nullcontext
+            ) -> LabelIndex | None:
     """Return a replacement for ``sub`` if the policy calls for one, else None.
 
-    May also repack an IVF sub-index in place (cheap, no retraining).
+    May also repack an IVF sub-index in place (cheap, no retraining), taking ``swap``
+    (the owner's write lock) only to switch to the repacked lists.
     """
     n = len(sub)
     target: Kind = sub.kind
@@ -342,7 +349,7 @@ def rebuilt(sub: LabelIndex, policy: Policy) -> LabelIndex | None:
     else:
         if sub.kind == "ivf" and n >= REPACK_GROWTH * max(sub.packed_at, 1):
             logger.debug("repacking IVF lists at n=%d", n)
-            sub.repack()
+            sub.repack(swap)
         elif sub.kind == "ivf" and n >= TRIM_GROWTH * max(sub.trimmed_at, 1):
             # Outgrown list buffers pile up as free heap between repacks.
             release_free_memory()

@@ -77,15 +77,18 @@ class FaissIndex:
         # long save cannot stall searches (the RW lock prefers waiting writers).
         self._lock = RWLock()
         self._mutate = threading.Lock()
+        self._saving = threading.Lock()  # one save at a time (snapshot numbering)
         self._gpu = GpuMirrors() if use_gpu(device) else None
+        # len() without a lock: health probes and metrics scrapes must never queue behind
+        # a writer (an int attribute is read atomically; it is written under both locks).
+        self._count = 0
 
     @property
     def index_type(self) -> Kind:
         return self._policy.index_type
 
     def __len__(self) -> int:
-        with self._lock.read():
-            return len(self._owner)
+        return self._count
 
     def __repr__(self) -> str:
         return f"FaissIndex(dim={self.dim}, index_type={self.index_type!r}, n={len(self)})"
@@ -109,27 +112,35 @@ class FaissIndex:
             groups.setdefault(label, []).append(row)
         if len(groups) == 1:  # the usual case: no need to copy the batch
             groups = dict.fromkeys(groups, slice(None))
-        with self._mutate, self._lock.write():
-            present = self._owner.present(id_arr)
-            if len(present):
-                raise ValueError(f"ids already in the index: {present[:5].tolist()}")
-            for label, rows in groups.items():
-                sub = self._subs.get(label)
-                if sub is None:
-                    sub = self._subs[label] = new_flat(self.dim)
-                part_ids, part_x = id_arr[rows], x[rows]
-                sub.add(part_ids, part_x, self._policy)
-                self._owner.add(part_ids.tolist(), self._code(label))
-                self._after_mutation(label, added=(part_ids, part_x))
+        with self._mutate:
+            touched: list[tuple[str, tuple[np.ndarray, np.ndarray]]] = []
+            with self._lock.write():
+                present = self._owner.present(id_arr)
+                if len(present):
+                    raise ValueError(f"ids already in the index: {present[:5].tolist()}")
+                for label, rows in groups.items():
+                    sub = self._subs.get(label)
+                    if sub is None:
+                        sub = self._subs[label] = new_flat(self.dim)
+                    part_ids, part_x = id_arr[rows], x[rows]
+                    sub.add(part_ids, part_x, self._policy)
+                    self._owner.add(part_ids.tolist(), self._code(label))
+                    touched.append((label, (part_ids, part_x)))
+                self._count = len(self._owner)
+            for label, added in touched:
+                self._after_mutation(label, added=added)
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Remove ``ids``; unknown ids are ignored. Returns how many were removed."""
         id_arr = np.unique(np.asarray(ids, dtype=np.int64).ravel())
-        with self._mutate, self._lock.write():
-            found, codes = self._owner.pop(id_arr)
-            for code in np.unique(codes).tolist():
-                label = self._names[code]
-                self._subs[label].remove(found[codes == code])
+        with self._mutate:
+            with self._lock.write():
+                found, codes = self._owner.pop(id_arr)
+                labels = [self._names[code] for code in np.unique(codes).tolist()]
+                for code, label in zip(np.unique(codes).tolist(), labels, strict=True):
+                    self._subs[label].remove(found[codes == code])
+                self._count = len(self._owner)
+            for label in labels:
                 self._after_mutation(label)
         return len(found)
 
@@ -145,22 +156,27 @@ class FaissIndex:
     ) -> None:
         """Drop an emptied label, apply the rebuild policy, update its GPU mirror.
 
+        Called holding ``_mutate`` but not ``_lock``: a rebuild (28 s for an IVF retrain at
+        1M vectors) or a repack reads the old sub-index while searches go on using it,
+        since no other writer can change it, and only the swap takes the write lock.
+
         ``added`` is what was just appended, if that is all that happened: the
         mirror can then be appended to instead of copied again in full.
         """
         sub = self._subs[label]
-        replacement = rebuilt(sub, self._policy) if len(sub) else None
-        if replacement is not None:
-            sub = self._subs[label] = replacement
-            added = None
-        if len(sub) == 0:
-            del self._subs[label]
-        if self._gpu is None:
-            return
-        if label not in self._subs or sub.kind != "flat":
-            self._gpu.refresh(label, None)
-        elif added is None or not self._gpu.append(label, *added):
-            self._gpu.refresh(label, sub.index)
+        replacement = rebuilt(sub, self._policy, swap=self._lock.write) if len(sub) else None
+        with self._lock.write():
+            if replacement is not None:
+                sub = self._subs[label] = replacement
+                added = None
+            if len(sub) == 0:
+                del self._subs[label]
+            if self._gpu is None:
+                return
+            if label not in self._subs or sub.kind != "flat":
+                self._gpu.refresh(label, None)
+            elif added is None or not self._gpu.append(label, *added):
+                self._gpu.refresh(label, sub.index)
 
     # -- queries ------------------------------------------------------------
 
@@ -185,6 +201,13 @@ class FaissIndex:
     def ids(self) -> np.ndarray:
         with self._lock.read():
             return self._owner.all_ids()
+
+    def missing(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Those of ``ids`` that are not in the index (e.g. a write whose add failed)."""
+        id_arr = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        with self._lock.read():
+            present = self._owner.present(id_arr)
+        return np.setdiff1d(id_arr, present)
 
     def label_counts(self) -> dict[str, int]:
         with self._lock.read():
@@ -221,9 +244,13 @@ class FaissIndex:
         *,
         extra: Mapping[str, Any] | None = None,
         before_publish: Callable[[], None] | None = None,
+        unlocked: Callable[[], None] | None = None,
     ) -> None:
         """Atomically write a snapshot; ``extra`` (JSON) is stored and returned by load.
 
+        Mutations wait only while the index files are written (into the page cache, from
+        the live index: no copy in memory); fsync, hashing and publishing follow with the
+        lock let go, and ``unlocked`` is called there. Searches never wait (see __init__).
         ``before_publish``: see :func:`index.storage.write_snapshot`.
         """
         payload = dict(self.extra if extra is None else extra)
@@ -231,40 +258,62 @@ class FaissIndex:
             json.dumps(payload)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"extra must be JSON-serialisable: {exc}") from exc
-        # Mutations wait so the snapshot is consistent; searches go on (see __init__).
-        with self._mutate:
-            files: dict[str, storage.FileWriter] = {}
-            labels: dict[str, Any] = {}
-            for i, (label, sub) in enumerate(sorted(self._subs.items())):
-                name = f"label-{i:04d}"
-                files[f"{name}.faiss"] = _index_writer(sub.index)
-                tomb = None
-                if sub.tombstones:
-                    tomb = f"{name}.tombstones.npy"
-                    files[tomb] = _array_writer(np.fromiter(sub.tombstones, np.int64))
-                labels[label] = {
-                    "file": f"{name}.faiss",
-                    "count": len(sub),
-                    "kind": sub.kind,
-                    "trained_at": sub.trained_at,
-                    "tombstones_file": tomb,
-                }
-            sidecar = {
-                "format_version": FORMAT_VERSION,
-                "dim": self.dim,
-                "metric": "ip",
-                "index_type": self.index_type,
-                "approx_min_size": self._policy.approx_min_size,
-                "nprobe": self._policy.nprobe,
-                "count": len(self._owner),
-                "labels": labels,
-                "model_fingerprint": self.model_fingerprint,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "faiss_version": faiss.__version__,
-                "extra": payload,
-            }
-            storage.write_snapshot(Path(directory), files, sidecar, before_publish)
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._mutate.release()
+                if unlocked is not None:
+                    unlocked()
+
+        with self._saving:
+            self._mutate.acquire()
+            try:
+                self._save_locked(Path(directory), payload, before_publish, release)
+            finally:
+                if held:
+                    held = False
+                    self._mutate.release()
             self.extra = payload
+
+    def _save_locked(
+        self, directory: Path, payload: dict[str, Any],
+        before_publish: Callable[[], None] | None, release: Callable[[], None],
+    ) -> None:
+        """The snapshot as ``save`` describes, entered holding ``_mutate``."""
+        files: dict[str, storage.FileWriter] = {}
+        labels: dict[str, Any] = {}
+        for i, (label, sub) in enumerate(sorted(self._subs.items())):
+            name = f"label-{i:04d}"
+            files[f"{name}.faiss"] = _index_writer(sub.index)
+            tomb = None
+            if sub.tombstones:
+                tomb = f"{name}.tombstones.npy"
+                files[tomb] = _array_writer(np.fromiter(sub.tombstones, np.int64))
+            labels[label] = {
+                "file": f"{name}.faiss",
+                "count": len(sub),
+                "kind": sub.kind,
+                "trained_at": sub.trained_at,
+                "tombstones_file": tomb,
+            }
+        sidecar = {
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "metric": "ip",
+            "index_type": self.index_type,
+            "approx_min_size": self._policy.approx_min_size,
+            "nprobe": self._policy.nprobe,
+            "count": len(self._owner),
+            "labels": labels,
+            "model_fingerprint": self.model_fingerprint,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "faiss_version": faiss.__version__,
+            "extra": payload,
+        }
+        storage.write_snapshot(directory, files, sidecar, before_publish, release)
 
     @classmethod
     def load(
@@ -308,16 +357,19 @@ class FaissIndex:
         except (KeyError, TypeError) as exc:
             raise IndexCorruptError(f"invalid sidecar in {snap}: {exc}") from exc
         subs = load_into(snap, meta, stored_dim)
-        with index._lock.write():
-            index._subs = subs
-            for label, sub in subs.items():
-                ids = sub.live_ids()
-                if len(index._owner.present(ids)):
-                    raise IndexCorruptError(f"label {label!r} in {snap} repeats ids of another")
-                index._owner.add(ids.tolist(), index._code(label))
-            if len(index._owner) != meta.get("count"):
-                raise IndexCorruptError(f"sidecar count in {snap} does not match its files")
-            index.extra = dict(meta.get("extra") or {})
+        with index._mutate:
+            with index._lock.write():
+                index._subs = subs
+                for label, sub in subs.items():
+                    ids = sub.live_ids()
+                    if len(index._owner.present(ids)):
+                        raise IndexCorruptError(
+                            f"label {label!r} in {snap} repeats ids of another")
+                    index._owner.add(ids.tolist(), index._code(label))
+                if len(index._owner) != meta.get("count"):
+                    raise IndexCorruptError(f"sidecar count in {snap} does not match its files")
+                index._count = len(index._owner)
+                index.extra = dict(meta.get("extra") or {})
             for label in list(subs):
                 index._after_mutation(label)  # applies changed settings, mirrors to GPU
         logger.info("loaded index from %s: %d vectors, %d labels", snap, len(index), len(subs))

@@ -85,9 +85,12 @@ def write_snapshot(
     files: Mapping[str, FileWriter],
     sidecar: Mapping[str, Any],
     before_publish: Callable[[], None] | None = None,
+    after_write: Callable[[], None] | None = None,
 ) -> Path:
     """Write ``files`` and ``sidecar`` as a new snapshot, publish it, prune old ones.
 
+    ``after_write`` is called as soon as every writer has run, before anything is fsync'd
+    or hashed: the caller can let go of what the writers read (the index's lock) there.
     ``before_publish`` is called once the snapshot is complete and fsync'd under its
     temporary name, before the rename: a crash there must leave the previous snapshot
     published (the service's fault-injection tests use it).
@@ -99,10 +102,13 @@ def write_snapshot(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
 
-    checksums = {}
     for name, writer in files.items():
+        writer(tmp / name)
+    if after_write is not None:
+        after_write()
+    checksums = {}
+    for name in files:
         path = tmp / name
-        writer(path)
         _fsync(path)
         checksums[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     meta = {**sidecar, "files": checksums}

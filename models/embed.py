@@ -15,6 +15,7 @@ from PIL import Image
 from models.checkpoint import load_checkpoint
 from models.config import ModelConfig
 from models.net import RetrievalNet, set_memory_format
+from models.onnx_runner import OnnxRunner, export
 from models.preprocess import normalize, prepare
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,14 @@ class _EmbedHead(torch.nn.Module):
         return self.model.embed_and_classify(x)
 
 
+def _example(cfg: ModelConfig) -> torch.Tensor:
+    return torch.randint(0, 256, (2, cfg.in_channels, cfg.image_size, cfg.image_size),
+                         generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+
+
 def _freeze(head: _EmbedHead, cfg: ModelConfig) -> torch.nn.Module:
     """Trace and freeze for CPU inference; fall back to eager if tracing is unavailable."""
-    example = torch.randint(0, 256, (2, cfg.in_channels, cfg.image_size, cfg.image_size),
-                            generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    example = _example(cfg)
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -82,12 +87,21 @@ class Embedder:
     config: ModelConfig
     device: torch.device
     runner: torch.nn.Module | None = None
+    onnx: OnnxRunner | None = None  # CPU: ONNX Runtime, when it loads and agrees
 
     @classmethod
-    def load(cls, model_dir: Path | str, device: str = "auto") -> Embedder:
+    def load(cls, model_dir: Path | str, device: str = "auto", *, onnx: bool = True
+             ) -> Embedder:
         dev = resolve_device(device)
         model, cfg = load_checkpoint(Path(model_dir), dev)
         runner: torch.nn.Module = _EmbedHead(model, cfg, channels_last=False)
+        if dev.type == "cpu" and onnx:
+            # 1.5-3x the TorchScript trace at batch 1-32 on 2 cores (bench/RESULTS.md).
+            ort = export(runner.eval(), _example(cfg), torch.get_num_threads())
+            if ort is not None:
+                log.info("loaded model %s (%d classes, dim %d) on cpu, ONNX Runtime",
+                         cfg.name, cfg.num_classes, cfg.embedding_dim)
+                return cls(model, cfg, dev, runner, ort)
         if dev.type == "cpu":
             # channels_last lets oneDNN pick its fastest convolution kernels on CPU, and a
             # frozen trace folds BatchNorm into the convolutions and fuses conv+ReLU:
@@ -124,6 +138,11 @@ class Embedder:
         runner = self.runner if self.runner is not None else _EmbedHead(
             self.model, self.config, channels_last=False)
         for start in range(0, n, step):
+            if self.onnx is not None:
+                emb_np, p_np = self.onnx(np.ascontiguousarray(batch[start : start + step]))
+                vecs[start : start + len(emb_np)] = emb_np
+                probs[start : start + len(emb_np)] = p_np
+                continue
             chunk = torch.from_numpy(np.ascontiguousarray(batch[start : start + step]))
             emb, p = runner(chunk.to(self.device))
             vecs[start : start + len(chunk)] = emb.float().cpu().numpy()

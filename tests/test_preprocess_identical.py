@@ -15,6 +15,7 @@ import pydicom.data
 import torch
 from conftest import demo_files
 
+from app.service.decoding import MB, DecodeGate, Decoder, pixel_cap_for
 from app.service.uploads import prepare_query
 from models.config import ModelConfig
 from models.embed import Embedder
@@ -29,12 +30,14 @@ def _files() -> list[Path]:
 
 def test_train_eval_and_serve_prepare_identically(tiny_model: Path) -> None:
     embedder = Embedder.load(tiny_model, "cpu")
+    # The service's decoder: its memory budget and pixel cap (under which nothing changes).
+    decoder = Decoder(DecodeGate(512 * MB), pixel_cap_for(embedder.config))
     files = _files()
     prepared = load_prepared([Record(p, "x", "test") for p in files], embedder.config,
                              progress=False)
     assert prepared.failed == 0
     for i, path in enumerate(files):
-        served = prepare_query(path.read_bytes(), embedder)
+        served = prepare_query(path.read_bytes(), embedder, decoder)
         assert served.dtype == np.uint8
         np.testing.assert_array_equal(prepared.images[i], served, err_msg=path.name)
 

@@ -46,13 +46,16 @@ def test_vectors_round_trip_in_chunks(tmp_path: Path) -> None:
     assert only[0].tolist() == [2, 5] and only[2] == ["CXR", "CXR"]
 
 
-def test_a_failed_transaction_stores_no_row(tmp_path: Path) -> None:
+def test_a_failed_transaction_stores_no_row_and_no_file(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.insert([_item(b"a")])
     with pytest.raises(sqlite3.IntegrityError):
         store.insert([_item(b"new"), _item(b"a")])  # the second one violates UNIQUE(sha256)
     assert store.count() == 1
-    assert store.clean_orphans() == 1  # "new" was written before its row failed
+    # "new" was written before its row failed, and removed again by the failed insert;
+    # "a" (stored before, by the first insert) is kept.
+    assert store.clean_orphans() == 0
+    assert len(list(store.originals.glob("*/*"))) == 1
 
 
 def test_model_identity_is_enforced(tmp_path: Path) -> None:

@@ -14,18 +14,22 @@ from app.service.errors import Unavailable
 from app.service.metrics import Metrics
 from app.service.retriever import Retriever
 
+# Every dependency here is ``async def`` on purpose: a plain ``def`` dependency runs in
+# the thread pool, a round trip to another thread per dependency per request (three of
+# them on /search before this), for work that is a few attribute reads.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_retriever(request: Request) -> Retriever:
+async def get_retriever(request: Request) -> Retriever:
     """The loaded retriever, or 503 + ``Retry-After`` while the model and index load."""
     loader = request.app.state.loader  # app.main.Loader
     retriever: Retriever | None = loader.retriever
@@ -54,12 +58,12 @@ def _check_key(settings: Settings, given: str | None) -> None:
         raise Unauthorized("missing or invalid X-API-Key header")
 
 
-def require_write_key(settings: SettingsDep, api_key: ApiKeyDep) -> None:
+async def require_write_key(settings: SettingsDep, api_key: ApiKeyDep) -> None:
     """``POST /index`` and ``DELETE`` need the key whenever ``CBMIR_API_KEY`` is set."""
     _check_key(settings, api_key)
 
 
-def require_read_key(settings: SettingsDep, api_key: ApiKeyDep) -> None:
+async def require_read_key(settings: SettingsDep, api_key: ApiKeyDep) -> None:
     """Reads need the key only with ``CBMIR_API_KEY_FOR_READS=true``."""
     if settings.api_key_for_reads:
         _check_key(settings, api_key)

@@ -16,7 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.service.errors import InvalidInput, NotFound, ServiceError, Unavailable
+from app.service.errors import (
+    InvalidInput,
+    NotFound,
+    ServiceError,
+    StorageFull,
+    Unavailable,
+)
 from models.imaging.errors import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ HTTP_STATUS: dict[type[Exception], tuple[int, Headers]] = {
     TooManyFiles: (413, None),
     Unauthorized: (401, {"WWW-Authenticate": "X-API-Key"}),
     Unavailable: (503, {"Retry-After": "1"}),  # batcher.Overloaded included
+    StorageFull: (507, None),  # Insufficient Storage: the write was not kept
 }
 """Status and extra headers per exception class, looked up along the class's bases, so a
 subclass answers like the nearest listed one."""
@@ -70,8 +77,13 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-async def _refused(_: Request, exc: Exception) -> JSONResponse:
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
     status, headers = http_status(exc)
+    if status == 401:
+        # Logged here because the access log is off by default (CBMIR_ACCESS_LOG): a failed
+        # key is worth a line of its own. Never the key itself.
+        log.warning("401 %s %s: missing or invalid X-API-Key", request.method,
+                    request.url.path)
     return error_response(status, str(exc).splitlines()[0], headers)
 
 

@@ -31,10 +31,25 @@ class IndexInfo(BaseModel):
     type: str
 
 
+class BatcherInfo(BaseModel):
+    alive: bool = Field(description="the model's worker thread is running")
+    restarts: int = Field(description="times it died and was started again")
+    queued_images: int
+
+
+class SnapshotInfo(BaseModel):
+    age_s: float = Field(description="seconds since the published index snapshot was taken")
+    failures: int = Field(description="failed snapshots since start")
+    last_error: str | None = Field(None, description="why the latest attempt failed, if it did")
+
+
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
+    problems: list[str] = Field(default_factory=list, description="why it is degraded")
     model: ModelInfo
     index: IndexInfo
+    batcher: BatcherInfo
+    snapshot: SnapshotInfo
 
 
 class StartingResponse(BaseModel):
@@ -110,5 +125,5 @@ class RelabelRequest(BaseModel):
 # What an upload route can answer besides 200, declared once so the OpenAPI schema (and
 # the Schemathesis check against it) lists the same errors for /search and /index.
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503, 507)
 }

@@ -24,3 +24,12 @@ class NotFound(ServiceError):
 
 class Unavailable(ServiceError):
     """Overloaded, still starting or shutting down: the client should retry shortly."""
+
+
+class StorageFull(ServiceError):
+    """The data directory's disk (or quota) is full: nothing of the write was kept."""
+
+
+class NotYetSearchable(Unavailable):
+    """Stored durably, but adding it to the index failed twice: a retry of the same request
+    finds it stored and puts it into the index."""

@@ -6,17 +6,31 @@ the service's write lock: originals on disk, rows in one SQLite transaction, vec
 the index (see :mod:`app.service.store` for the durability design). Every new image gets
 an OOD verdict (:mod:`app.service.ood`), stored with it; under policy ``reject`` an
 unlabelled out-of-distribution image fails the whole request before anything is written.
+
+Repair: if the vectors cannot be added to the index after the rows committed, the add is
+retried at once; if it fails again the request answers 503 (:class:`NotYetSearchable`),
+and whichever request next meets those bytes (the client's retry, typically) finds the
+rows stored but missing from the index and adds them from their stored vectors. Start-up
+reconciles the index with SQLite id by id as well (:func:`app.service.snapshots.open_index`).
+
+Writes run in worker threads under their own limit (:data:`WRITE_THREADS`): a write can
+wait on the write lock for a long time (an index rebuild), and queued writes must never
+take every thread the searches need.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import anyio
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 
 from app.service.batcher import MicroBatcher
+from app.service.decoding import Decoder
+from app.service.errors import NotYetSearchable, StorageFull
+from app.service.faults import NO_FAULTS, Faults
 from app.service.metrics import Metrics
 from app.service.ood import OodGate, Verdict
 from app.service.snapshots import Snapshotter
@@ -24,6 +38,10 @@ from app.service.store import Item, LabelSource, NewItem, Store
 from app.service.uploads import Prepared, Upload, _describe, prepare_uploads
 from index import FaissIndex
 from models.embed import Embedder, Embedding
+
+log = logging.getLogger(__name__)
+
+WRITE_THREADS = 4  # worker threads /index requests may occupy at once
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,9 @@ class Ingester:
     metrics: Metrics
     write_lock: threading.Lock
     ood: OodGate
+    decoder: Decoder
+    faults: Faults = NO_FAULTS
+    _limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -52,16 +73,17 @@ class Ingester:
 
     def _timed_prepare(self, uploads: list[Upload]) -> tuple[list[Prepared], list[Prepared]]:
         with self.metrics.stage.labels("decode").time():
-            prepared = prepare_uploads(uploads, self.embedder, self.classes)
+            prepared = prepare_uploads(uploads, self.embedder, self.classes, self.decoder)
         # Bytes already stored need no forward pass (re-running a bulk import is cheap).
         known = self.store.find_sha([p.sha256 for p in prepared])
         todo = list({p.sha256: p for p in prepared if p.sha256 not in known}.values())
         return prepared, todo
 
     async def ingest(self, uploads: list[Upload]) -> list[Ingested]:
-        prepared, todo = await run_in_threadpool(self._timed_prepare, uploads)
-        emb = await self.batcher.embed(np.stack([p.array for p in todo])) if todo else None
-        return await run_in_threadpool(self._commit, prepared, todo, emb)
+        # One worker-thread trip for decode, forward pass and commit (see Searcher.search).
+        if self._limiter is None:  # made on the event loop, where anyio wants it
+            self._limiter = anyio.CapacityLimiter(WRITE_THREADS)
+        return await anyio.to_thread.run_sync(self.ingest_sync, uploads, limiter=self._limiter)
 
     def ingest_sync(self, uploads: list[Upload]) -> list[Ingested]:
         """The same steps as :meth:`ingest`, for bulk indexing and demo seeding."""
@@ -103,10 +125,15 @@ class Ingester:
                     p.content_type, p.format, p.metadata, vector, verdict.in_distribution,
                 )
             items = list(new.values())
+            self._repair([row.id for row in known.values()])
             if items:
-                ids = self.store.insert(items)
-                self.index.add(np.array(ids, np.int64), np.stack([it.vector for it in items]),
-                               [it.label for it in items])
+                try:
+                    ids = self.store.insert(items)
+                except StorageFull:
+                    self.metrics.storage_full.inc()
+                    raise
+                self._add(np.array(ids, np.int64), np.stack([it.vector for it in items]),
+                          [it.label for it in items])
                 for it, item_id in zip(items, ids, strict=True):
                     known[it.sha256] = Item(item_id, it.sha256, it.label, it.label_source,
                                             it.content_type, it.format, it.metadata, "",
@@ -121,3 +148,40 @@ class Ingester:
                                 row.in_distribution))
             fresh.discard(p.sha256)  # the same bytes twice in one request: 2nd is a duplicate
         return out
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray, labels: list[str]) -> None:
+        """Committed rows into the index: retried once at once, then 503 (repaired later)."""
+        for attempt in (1, 2):
+            try:
+                self.faults.hit("index_add")
+                self.index.add(ids, vectors, labels)
+                if attempt == 2:
+                    self.metrics.index_repairs.inc(len(ids))
+                return
+            except Exception:
+                log.exception("adding %d committed item(s) to the index failed (attempt %d)",
+                              len(ids), attempt)
+                # A partial add (one label's vectors in, another's not) is finished by the
+                # retry: it adds only what is still missing.
+                ids, vectors, labels = self._still_missing(ids, vectors, labels)
+                if not len(ids):
+                    return
+        raise NotYetSearchable(
+            f"{len(ids)} image(s) stored but not yet searchable (index update failed); "
+            "retry the same request to finish it"
+        )
+
+    def _still_missing(self, ids: np.ndarray, vectors: np.ndarray, labels: list[str]
+                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        keep = np.isin(ids, self.index.missing(ids))
+        return ids[keep], vectors[keep], [lb for lb, k in zip(labels, keep, strict=True) if k]
+
+    def _repair(self, ids: list[int]) -> None:
+        """Stored rows of this request that an earlier failed add left out of the index."""
+        missing = self.index.missing(ids) if ids else np.empty(0, np.int64)
+        if not len(missing):
+            return
+        for chunk_ids, vecs, labels in self.store.vectors(self.embedder.embedding_dim, missing):
+            self.index.add(chunk_ids, vecs, labels)
+            self.metrics.index_repairs.inc(len(chunk_ids))
+        log.warning("repaired %d stored item(s) missing from the index", len(missing))

@@ -45,15 +45,53 @@ class Metrics:
         self.ingested = Counter(
             "cbmir_images_ingested", "Images added (duplicates excluded).", registry=r
         )
+        # Self-healing and durability: what went wrong and was repaired.
+        self.batcher_restarts = Counter(
+            "cbmir_batcher_restarts", "Times the model's worker thread died and was restarted.",
+            registry=r,
+        )
+        self.index_repairs = Counter(
+            "cbmir_index_repairs", "Stored items put back into the index after a failed add.",
+            registry=r,
+        )
+        self.snapshot_failures = Counter(
+            "cbmir_snapshot_failures", "Index snapshots that failed (SQLite still has all).",
+            registry=r,
+        )
+        self.snapshot_age = Gauge(
+            "cbmir_snapshot_age_seconds",
+            "Seconds since the published index snapshot was taken (or since start, if none).",
+            registry=r,
+        )
+        self.storage_full = Counter(
+            "cbmir_storage_full", "Writes refused because the data directory's disk is full.",
+            registry=r,
+        )
+        self.decode_bytes = Gauge(
+            "cbmir_decode_reserved_bytes", "Memory reserved by image decodes in progress.",
+            registry=r,
+        )
+        self.decode_bytes_peak = Gauge(
+            "cbmir_decode_reserved_bytes_peak", "Most memory reserved by decodes at once.",
+            registry=r,
+        )
 
     def observe_batch(self, n: int, seconds: float) -> None:
         self.batch_size.observe(n)
         self.inference.observe(seconds)
 
-    def track(self, index_size: Callable[[], int], queue: Callable[[], int]) -> None:
-        """Read gauges at scrape time from the live objects."""
+    def track(self, index_size: Callable[[], int], queue: Callable[[], int],
+              snapshot_age: Callable[[], float] | None = None) -> None:
+        """Read gauges at scrape time from the live objects (none of them takes a lock)."""
         self.index_size.set_function(lambda: float(index_size()))
         self.queue.set_function(lambda: float(queue()))
+        if snapshot_age is not None:
+            self.snapshot_age.set_function(snapshot_age)
+
+    def track_decode(self, usage: Callable[[], tuple[int, int]]) -> None:
+        """Bytes reserved by decodes now, and at most so far (app.service.decoding)."""
+        self.decode_bytes.set_function(lambda: float(usage()[0]))
+        self.decode_bytes_peak.set_function(lambda: float(usage()[1]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,7 +18,8 @@ from typing import Any
 
 from app.config import Settings
 from app.service.batcher import MicroBatcher
-from app.service.faults import Faults
+from app.service.decoding import MB, DecodeGate, Decoder, pixel_cap_for
+from app.service.faults import NO_FAULTS, Faults
 from app.service.ingest import Ingested, Ingester
 from app.service.items import Items
 from app.service.lock import DataDirLock
@@ -48,16 +49,23 @@ class Retriever:
     ood: OodGate
     lock: DataDirLock | None = None
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    faults: Faults = NO_FAULTS
     ingester: Ingester = field(init=False, repr=False)
     searcher: Searcher = field(init=False, repr=False)
     items: Items = field(init=False, repr=False)
     thumbnails: Thumbnails = field(init=False, repr=False)
+    decoder: Decoder = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        s = self.settings
+        self.decoder = Decoder(DecodeGate(int(s.decode_memory_mb * MB)),
+                               s.decode_pixel_cap or pixel_cap_for(self.embedder.config))
         self.ingester = Ingester(self.embedder, self.store, self.index, self.batcher,
-                                 self.snapshotter, self.metrics, self.write_lock, self.ood)
+                                 self.snapshotter, self.metrics, self.write_lock, self.ood,
+                                 self.decoder, self.faults)
         self.searcher = Searcher(self.embedder, self.store, self.index, self.batcher,
-                                 self.metrics, self.ood)
+                                 self.metrics, self.ood, self.decoder)
+        self.metrics.track_decode(self.decoder.gate.usage)
         self.items = Items(self.store, self.index, self.snapshotter, self.write_lock)
         self.thumbnails = Thumbnails(self.items)
 
@@ -71,29 +79,32 @@ class Retriever:
             embedder = Embedder.load(settings.model_dir, settings.device)
             cfg = embedder.config
             ood = OodGate.open(settings.model_dir, cfg, settings.ood_policy)
-            store = Store(settings.data_dir)
+            faults = Faults.parse(settings.test_faults)
+            store = Store(settings.data_dir, faults)
             store.check_model(cfg.fingerprint, cfg.embedding_dim, cfg.name)
             store.clean_orphans()
             index, dirty = open_index(store, settings, cfg.embedding_dim, cfg.fingerprint)
             write_lock = threading.Lock()
             snapshotter = Snapshotter(
-                index, store, settings.index_dir, cfg.fingerprint, write_lock,
+                index, store, settings.index_dir, cfg.fingerprint,
                 every=settings.snapshot_every, seconds=settings.snapshot_seconds, dirty=dirty,
-                faults=Faults.parse(settings.test_faults),
+                faults=faults, on_failure=metrics.snapshot_failures.inc,
             )
             batcher = MicroBatcher(
                 embedder.embed_prepared, max_batch=settings.batch_max_size,
                 wait_ms=settings.batch_wait_ms, max_queue=settings.max_queue,
-                on_batch=metrics.observe_batch,
+                on_batch=metrics.observe_batch, on_restart=metrics.batcher_restarts.inc,
+                faults=faults,
             )
         except BaseException:
             if store is not None:
                 store.close()
             lock.release()
             raise
-        metrics.track(lambda: len(index), lambda: batcher.pending)
+        metrics.track(lambda: len(index), lambda: batcher.pending,
+                      snapshot_age=lambda: snapshotter.state.age_s)
         return cls(settings, embedder, store, index, batcher, snapshotter, metrics, ood, lock,
-                   write_lock)
+                   write_lock, faults)
 
     def close(self) -> None:
         """Drain the batcher, write the final snapshot, release the data dir."""
@@ -108,14 +119,26 @@ class Retriever:
         return self.embedder.class_names
 
     def health(self) -> dict[str, Any]:
+        """What is loaded and whether it works; reads no lock, so it answers at once even
+        while a snapshot is written or an index rebuilt."""
         cfg = self.embedder.config
+        batcher, snap = self.batcher, self.snapshotter.state
+        degraded = [reason for reason, bad in (
+            ("the model's worker thread is not running or is stuck", not batcher.healthy),
+            ("the last index snapshot failed", snap.last_error is not None),
+        ) if bad]
         return {
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
+            "problems": degraded,
             "model": {"name": cfg.name, "classes": cfg.class_names,
                       "device": str(self.embedder.device), "embedding_dim": cfg.embedding_dim,
                       "ood": self.ood.info()},
             "index": {"backend": "faiss", "size": len(self.index),
                       "type": self.index.index_type},
+            "batcher": {"alive": batcher.alive, "restarts": batcher.restarts,
+                        "queued_images": batcher.pending},
+            "snapshot": {"age_s": round(snap.age_s, 1), "failures": snap.failures,
+                         "last_error": snap.last_error},
         }
 
     # -- the jobs, each in its own module ----------------------------------------------
@@ -166,4 +189,4 @@ class Retriever:
 
     def render(self, data: bytes) -> bytes:
         """The PNG the service makes of an upload; nothing is stored."""
-        return render_upload(data)
+        return render_upload(data, self.decoder)

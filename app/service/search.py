@@ -16,6 +16,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.service.batcher import MicroBatcher
+from app.service.decoding import Decoder
 from app.service.errors import InvalidInput
 from app.service.metrics import Metrics
 from app.service.ood import UNCHECKED, OodGate, Verdict
@@ -55,6 +56,7 @@ class Searcher:
     batcher: MicroBatcher
     metrics: Metrics
     ood: OodGate
+    decoder: Decoder
 
     @property
     def classes(self) -> list[str]:
@@ -66,10 +68,17 @@ class Searcher:
 
     async def search(self, data: bytes, k: int, scope: Scope, label: str | None) -> SearchOutcome:
         self.check_label(label)
+        # One trip to a worker thread for the whole request: decode, wait there for the
+        # batched forward pass, rank. Each hop back to the event loop in between costs a
+        # wake-up and a turn on the GIL (bench/RESULTS.md: six hops per request before).
+        return await run_in_threadpool(self.search_sync, data, k, scope, label)
+
+    def search_sync(self, data: bytes, k: int, scope: Scope, label: str | None
+                    ) -> SearchOutcome:
         with self.metrics.stage.labels("decode").time():
-            query = await run_in_threadpool(prepare_query, data, self.embedder)
-        emb = await self.batcher.embed(query[None])
-        return await run_in_threadpool(self.rank, emb, k, scope, label, query[None])
+            query = prepare_query(data, self.embedder, self.decoder)
+        emb = self.batcher.embed_sync(query[None])
+        return self.rank(emb, k, scope, label, query[None])
 
     def rank(self, emb: Embedding, k: int, scope: Scope, label: str | None,
              images: np.ndarray) -> SearchOutcome:

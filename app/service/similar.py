@@ -30,7 +30,7 @@ def _stored(searcher: Searcher, item_id: int) -> tuple[np.ndarray, np.ndarray]:
     chunks = list(store.vectors(searcher.index.dim, np.array([item_id])))
     if not chunks:  # deleted since the row was read
         raise NotFound(f"no image with id {item_id}")
-    return chunks[0][1], prepare_query(data, searcher.embedder)
+    return chunks[0][1], prepare_query(data, searcher.embedder, searcher.decoder)
 
 
 async def similar(
@@ -41,6 +41,6 @@ async def similar(
         vector, query = await run_in_threadpool(_stored, searcher, item_id)
     emb = await searcher.batcher.embed(query[None])
     stored = Embedding(vector, emb.probabilities)
-    out = await run_in_threadpool(searcher.rank, stored, k + 1, scope, label)
+    out = await run_in_threadpool(searcher.rank, stored, k + 1, scope, label, query[None])
     hits = [h for h in out.hits if h.id != item_id][:k]
     return dataclasses.replace(out, hits=hits)

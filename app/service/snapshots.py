@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +18,7 @@ import numpy as np
 from app.config import Settings
 from app.service.faults import NO_FAULTS, Faults
 from app.service.store import Store
-from index import FaissIndex, IndexCorruptError, IndexMismatchError
+from index import FaissIndex, IndexCorruptError, IndexMismatchError, storage
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,9 @@ def open_index(
     # their new label below, with the rows missing from the snapshot.
     relabelled = store.relabelled_since(int(index.extra.get("relabel_seq", 0)))
     moved = index.remove(relabelled) if len(relabelled) else 0
-    if not moved and index.extra.get("max_id") == store.max_id() and len(index) == store.count():
-        # Ids are never reused and grow monotonically, so a row added after the snapshot
-        # has an id above the snapshot's max_id. Same max id means no such row survived:
-        # SQLite's ids are a subset of the snapshot's, and the same count makes them equal.
-        # This skips reading every id at start (about a second per million items).
-        log.info("loaded index snapshot (max_id %s): in step with SQLite, %d vectors, %.2fs",
-                 index.extra.get("max_id"), len(index), time.perf_counter() - t0)
-        return index, False
+    # Always by id, never by count: an add that failed after its commit leaves a row the
+    # snapshot lacks, and a delete since can make the counts (and the max id) agree anyway.
+    # Reading every id costs about a second per million items.
     db_ids, snap_ids = store.ids(), index.ids()
     stale = np.setdiff1d(snap_ids, db_ids)
     missing = np.setdiff1d(db_ids, snap_ids)
@@ -92,22 +89,41 @@ def open_index(
     return index, bool(added or removed or moved)
 
 
+@dataclass
+class SnapshotState:
+    """What ``/health`` and the metrics say about snapshots."""
+
+    saved_at: float  # wall time of the published snapshot (process start if none)
+    failures: int = 0  # since start
+    last_error: str | None = None  # of the latest attempt; None once one succeeds
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - self.saved_at)
+
+
 class Snapshotter:
     """Saves the index every ``every`` writes or ``seconds`` (when dirty), off the request path.
 
-    Saving holds ``write_lock`` so the snapshot matches a committed SQLite state exactly.
+    It takes no service lock: the index excludes its own writers only while its files are
+    written (:meth:`FaissIndex.save`), and the snapshot need not match one SQLite state,
+    since start-up reconciles it with SQLite id by id. Failures are counted, not fatal:
+    SQLite still has everything, and the next tick retries.
     """
 
     def __init__(
         self, index: FaissIndex, store: Store, directory: Path, fingerprint: str,
-        write_lock: threading.Lock, *, every: int, seconds: float, dirty: bool = False,
-        faults: Faults = NO_FAULTS,
+        *, every: int, seconds: float, dirty: bool = False, faults: Faults = NO_FAULTS,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.index, self.store, self.directory = index, store, directory
-        self.fingerprint, self.write_lock = fingerprint, write_lock
+        self.fingerprint = fingerprint
         self.every, self.seconds = every, seconds
         self.faults = faults
+        self._on_failure = on_failure or (lambda: None)
         self._dirty = int(dirty)
+        self._dirty_lock = threading.Lock()
+        self.state = SnapshotState(_published_at(directory))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._save_lock = threading.Lock()  # FaissIndex.save must not run concurrently
@@ -115,21 +131,35 @@ class Snapshotter:
         self._thread.start()
 
     def note_writes(self, n: int) -> None:
-        self._dirty += n
-        if self._dirty >= self.every:
+        with self._dirty_lock:
+            self._dirty += n
+            due = self._dirty >= self.every
+        if due:
             self._wake.set()
 
     def snapshot(self, *, force: bool = False) -> bool:
         with self._save_lock:
-            if not self._dirty and not force:
+            with self._dirty_lock:
+                taken = self._dirty
+            if not taken and not force:
                 return False
             t0 = time.perf_counter()
-            with self.write_lock:
-                extra = {"max_id": self.store.max_id(), "model_fingerprint": self.fingerprint,
-                         "relabel_seq": self.store.relabel_seq()}
+            # Read before the save and no lock held: a relabel during the save has a later
+            # sequence number, so start-up re-applies it whichever label the files caught.
+            extra = {"max_id": self.store.max_id(), "model_fingerprint": self.fingerprint,
+                     "relabel_seq": self.store.relabel_seq()}
+            try:
                 self.index.save(self.directory, extra=extra,
-                                before_publish=lambda: self.faults.hit("snapshot_write"))
-                self._dirty = 0
+                                before_publish=lambda: self.faults.hit("snapshot_write"),
+                                unlocked=lambda: self.faults.hit("snapshot_hold"))
+            except Exception as e:
+                self.state.failures += 1
+                self.state.last_error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+                self._on_failure()
+                raise
+            with self._dirty_lock:
+                self._dirty -= taken  # writes during the save stay counted for the next one
+            self.state.saved_at, self.state.last_error = time.time(), None
             log.info("index snapshot saved (%d vectors) in %.2fs", len(self.index),
                      time.perf_counter() - t0)
             return True
@@ -154,3 +184,14 @@ class Snapshotter:
             self.snapshot()
         except Exception:
             log.exception("final index snapshot failed; it will be rebuilt at next start")
+
+
+def _published_at(directory: Path) -> float:
+    """When the published snapshot was written (its sidecar's mtime), else now."""
+    try:
+        snap = storage.current_snapshot(directory)
+        if snap is not None:
+            return (snap / storage.SIDECAR).stat().st_mtime
+    except (OSError, IndexCorruptError):
+        pass
+    return time.time()

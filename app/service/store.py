@@ -34,6 +34,7 @@ Design (durability and recovery)
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -47,6 +48,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
+
+from app.service.errors import StorageFull
+from app.service.faults import NO_FAULTS, Faults
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,13 @@ def _migrate(db: sqlite3.Connection) -> None:
         log.info("store: added column in_distribution (existing rows: NULL)")
 
 
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT from the file system, or SQLite's SQLITE_FULL (13)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == 13
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -133,10 +144,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Store:
-    """Thread-safe (one connection behind a lock: statements are short)."""
+    """Thread-safe: writes (and rare reads) share one connection behind a lock; the reads
+    of every request (:meth:`get_many`, :meth:`find_sha`) use a connection per thread, so
+    concurrent searches do not queue on that lock (WAL lets readers run beside a writer).
+    """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, faults: Faults = NO_FAULTS) -> None:
         self.data_dir = Path(data_dir)
+        self.faults = faults  # test-only fault points (app.service.faults)
         self.originals = self.data_dir / ORIGINALS
         self.originals.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -148,10 +163,32 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         _migrate(self._db)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._closed = False
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
             self._db.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (opened on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._lock:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+                # check_same_thread=False only so close() may close it from another thread.
+                conn = sqlite3.connect(
+                    f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True,
+                    check_same_thread=False, isolation_level=None,
+                )
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
 
     # -- model identity --------------------------------------------------------------
 
@@ -191,8 +228,8 @@ class Store:
 
     def ids(self) -> np.ndarray:
         with self._lock:
-            rows = self._db.execute("SELECT id FROM items ORDER BY id").fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+            cur = self._db.execute("SELECT id FROM items ORDER BY id")
+            return np.fromiter((r[0] for r in cur), dtype=np.int64)
 
     def get(self, item_id: int) -> Item | None:
         return self.get_many([item_id]).get(item_id)
@@ -201,20 +238,18 @@ class Store:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE id IN ({marks})", [int(i) for i in ids]
-            ).fetchall()
+        rows = self._reader().execute(
+            f"SELECT {_COLUMNS} FROM items WHERE id IN ({marks})", [int(i) for i in ids]
+        ).fetchall()
         return {r[0]: _row_to_item(r) for r in rows}
 
     def find_sha(self, shas: Sequence[str]) -> dict[str, Item]:
         if not shas:
             return {}
         marks = ",".join("?" * len(shas))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE sha256 IN ({marks})", list(shas)
-            ).fetchall()
+        rows = self._reader().execute(
+            f"SELECT {_COLUMNS} FROM items WHERE sha256 IN ({marks})", list(shas)
+        ).fetchall()
         return {r[1]: _row_to_item(r) for r in rows}
 
     def vectors(
@@ -265,15 +300,18 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------
 
-    def _write_original(self, sha256: str, data: bytes) -> None:
+    def _write_original(self, sha256: str, data: bytes) -> bool:
+        """Store the bytes; False if they were already there (written by someone else)."""
         path = self.original_path(sha256)
         if path.is_file() and path.stat().st_size == len(data):
-            return  # content-addressed: an orphan left by a crash already holds these bytes
+            return False  # content-addressed: an orphan left by a crash holds these bytes
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(data[: len(data) // 2])
+                self.faults.hit("disk_full")
+                f.write(data[len(data) // 2 :])
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -281,11 +319,30 @@ class Store:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(path.parent)
+        return True
 
     def insert(self, items: Sequence[NewItem]) -> list[int]:
-        """Write originals, then every row in one transaction; returns the new ids."""
-        for it in items:
-            self._write_original(it.sha256, it.data)
+        """Write originals, then every row in one transaction; returns the new ids.
+
+        All or nothing: on any failure the transaction is rolled back and the originals
+        this call wrote are removed again. A full disk raises :class:`StorageFull`.
+        """
+        written: list[str] = []
+        try:
+            for it in items:
+                if self._write_original(it.sha256, it.data):
+                    written.append(it.sha256)
+            return self._insert_rows(items)
+        except BaseException as e:
+            for sha in written:
+                self.unlink_original(sha)
+            if _is_disk_full(e):
+                raise StorageFull(
+                    "the data directory's disk is full: nothing of this request was stored"
+                ) from e
+            raise
+
+    def _insert_rows(self, items: Sequence[NewItem]) -> list[int]:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         ids: list[int] = []
         with self._lock:
@@ -303,7 +360,9 @@ class Store:
                     ids.append(int(cur.lastrowid or 0))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A failed COMMIT may already have ended the transaction.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
         return ids
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from app.service.decoding import Decoder
 from app.service.errors import InvalidInput
 from models.embed import Embedder
-from models.imaging.decode import decode_image
 from models.imaging.errors import ImageDecodeError
 from models.imaging.formats import DecodedImage
 from models.imaging.render import render_png
@@ -49,18 +49,19 @@ def _safe_metadata(decoded: DecodedImage) -> dict[str, Any]:
     return {k: v for k, v in decoded.metadata.items() if "patient" not in k.lower()}
 
 
-def decode_checked(data: bytes, what: str) -> DecodedImage:
+def decode_checked(data: bytes, what: str, decoder: Decoder, *, reduce: bool = True
+                   ) -> DecodedImage:
     if not data:
         raise InvalidInput(f"{what}: empty file")
     try:
-        return decode_image(data)
+        return decoder.decode(data, reduce=reduce)
     except ImageDecodeError as e:
         # Same class (so the same HTTP status), message naming the file.
         raise type(e)(f"{what}: {e}") from None
 
 
 def prepare_uploads(
-    uploads: list[Upload], embedder: Embedder, classes: list[str]
+    uploads: list[Upload], embedder: Embedder, classes: list[str], decoder: Decoder
 ) -> list[Prepared]:
     """Validate and decode every upload; raises on the first bad one."""
     out: list[Prepared] = []
@@ -70,7 +71,7 @@ def prepare_uploads(
             raise InvalidInput(
                 f"{what}: unknown label {up.label!r}; known: {', '.join(classes)}"
             )
-        decoded = decode_checked(up.data, what)
+        decoded = decode_checked(up.data, what, decoder)
         out.append(Prepared(
             upload=up,
             sha256=hashlib.sha256(up.data).hexdigest(),
@@ -82,10 +83,12 @@ def prepare_uploads(
     return out
 
 
-def prepare_query(data: bytes, embedder: Embedder) -> np.ndarray:
-    return embedder.prepare(decode_checked(data, "file").image)
+def prepare_query(data: bytes, embedder: Embedder, decoder: Decoder) -> np.ndarray:
+    return embedder.prepare(decode_checked(data, "file", decoder).image)
 
 
-def render_upload(data: bytes) -> bytes:
-    """The PNG ``GET /images/{id}`` would answer for these bytes once stored (stores nothing)."""
-    return render_png(decode_checked(data, "file").image)
+def render_upload(data: bytes, decoder: Decoder) -> bytes:
+    """The PNG ``GET /images/{id}`` would answer for these bytes once stored (stores nothing).
+
+    Within the decode budget, but never reduced: it must match what that route shows."""
+    return render_png(decode_checked(data, "file", decoder, reduce=False).image)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from models.imaging.errors import UnsupportedFormatError
 from models.imaging.formats import DecodedImage, sniff_format
-from models.imaging.raster import decode_raster
+from models.imaging.raster import open_raster
+from models.imaging.scale import PendingDecode
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest width*height decoded; well above any CT/MR/CR/mammogram, below a bomb."""
@@ -24,21 +25,36 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _NOT_SUPPORTED = "not a supported image (PNG, JPEG, TIFF, BMP or DICOM)"
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode PNG, JPEG, TIFF, BMP or DICOM bytes to an 8-bit "L" or "RGB" image.
+def open_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, downscale_above: int | None = None
+) -> PendingDecode:
+    """Read the header of PNG, JPEG, TIFF, BMP or DICOM bytes: what decoding will cost
+    (:attr:`~models.imaging.scale.PendingDecode.footprint`), before any pixel is decoded.
 
-    Raises an :class:`~models.imaging.errors.ImageDecodeError` subclass (and nothing else)
-    on failure.
+    ``downscale_above``: images with more pixels are reduced on read (see
+    :mod:`models.imaging.scale`); None, the default, decodes every image at full size.
+    Raises an :class:`~models.imaging.errors.ImageDecodeError` subclass (and nothing else).
     """
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedFormatError(_NOT_SUPPORTED)
     if fmt == "dicom":
         # Imported here: pydicom is only loaded by processes that meet a DICOM file.
-        from models.imaging.dicom import decode_dicom
+        from models.imaging.dicom import open_dicom
 
-        return decode_dicom(data, max_pixels=max_pixels)
-    return decode_raster(data, fmt, max_pixels)
+        return open_dicom(data, max_pixels=max_pixels, downscale_above=downscale_above)
+    return open_raster(data, fmt, max_pixels, downscale_above)
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, downscale_above: int | None = None
+) -> DecodedImage:
+    """Decode PNG, JPEG, TIFF, BMP or DICOM bytes to an 8-bit "L" or "RGB" image.
+
+    Raises an :class:`~models.imaging.errors.ImageDecodeError` subclass (and nothing else)
+    on failure.
+    """
+    return open_image(data, max_pixels=max_pixels, downscale_above=downscale_above).decode()
 
 
 def read_image_file(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:

@@ -17,6 +17,9 @@ the returned metadata.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -41,6 +44,7 @@ from models.imaging.errors import (
     UnsupportedFormatError,
 )
 from models.imaging.formats import CONTENT_TYPES, DecodedImage
+from models.imaging.scale import PendingDecode, footprint, reduction
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +177,21 @@ def _colour(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
-def _decode(ds: Dataset, max_pixels: int) -> DecodedImage:
+def _reduce_frame(arr: np.ndarray, k: int) -> np.ndarray:
+    """Mean of every k x k block (the last partial row and column of blocks dropped),
+    rounded back to the stored dtype: the LUTs after it index by stored value."""
+    h, w = (arr.shape[0] // k) * k, (arr.shape[1] // k) * k
+    blocks = arr[:h, :w].reshape(h // k, k, w // k, k, *arr.shape[2:])
+    # float32 accumulation over a view: no full-size float copy is made.
+    means = blocks.mean(axis=(1, 3), dtype=np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        return np.clip(np.rint(means), info.min, info.max).astype(arr.dtype)
+    return means.astype(arr.dtype)
+
+
+def _header(ds: Dataset, max_pixels: int) -> tuple[int, int, int, Any]:
+    """(rows, columns, frames, decoder) once the header is checked; nothing decoded yet."""
     if not any(tag in ds for tag in PIXEL_TAGS):
         raise CorruptImageError("DICOM file has no pixel data")
     ts = transfer_syntax(ds)
@@ -186,9 +204,16 @@ def _decode(ds: Dataset, max_pixels: int) -> DecodedImage:
     if rows * columns > max_pixels:
         raise ImageTooLargeError.of_size(columns, rows, max_pixels)
     frames = int(ds.get("NumberOfFrames") or 1)
+    return rows, columns, frames, decoder
+
+
+def _decode(ds: Dataset, decoder: Any, frames: int, k: int) -> DecodedImage:
+    ts = transfer_syntax(ds)
     index = frames // 2 if frames > 1 else 0
     # Only the chosen frame is decoded, never the whole volume.
     arr, info = decode_frame(decoder, ds, index)
+    if k > 1:
+        arr = _reduce_frame(arr, k)
     photometric = clean(
         info.get("photometric_interpretation") or ds.get("PhotometricInterpretation")
     ).upper()
@@ -201,19 +226,21 @@ def _decode(ds: Dataset, max_pixels: int) -> DecodedImage:
         raise UnsupportedFormatError(
             f"DICOM images with {samples} samples per pixel are not supported"
         )
+    metadata = header_metadata(ds, ts, frames)
+    if k > 1:
+        metadata["decoded_rows"], metadata["decoded_columns"] = pixels.shape[:2]
     return DecodedImage(
         image=Image.fromarray(np.ascontiguousarray(pixels)),
         format="dicom",
         content_type=CONTENT_TYPES["dicom"],
-        metadata=header_metadata(ds, ts, frames),
+        metadata=metadata,
     )
 
 
-def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """DICOM bytes (sniffed as such) → 8-bit "L" or "RGB" image; see the module docstring."""
-    ds = read(data)
+@contextmanager
+def _errors() -> Iterator[None]:
     try:
-        return _decode(ds, max_pixels)
+        yield
     except ImageDecodeError:
         raise
     except MemoryError:
@@ -222,3 +249,36 @@ def decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
         # Type only: pydicom messages can quote element values from the file.
         log.info("undecodable DICOM pixel data: %s", type(exc).__name__)
         raise CorruptImageError("DICOM pixel data is corrupt or truncated") from None
+
+
+def open_dicom(data: bytes, *, max_pixels: int, downscale_above: int | None = None
+               ) -> PendingDecode:
+    """DICOM bytes (sniffed as such): header read and checked, cost known.
+
+    Above ``downscale_above`` pixels the frame is reduced by block means right after it
+    is decoded, before the float pipeline (modality LUT, window), which would otherwise
+    hold several float copies of the full frame.
+    """
+    ds = read(data)
+    with _errors():
+        rows, columns, frames, decoder = _header(ds, max_pixels)
+        k = reduction(columns, rows, downscale_above)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsAllocated") or 16)
+        kept = math.ceil(rows / k) * math.ceil(columns / k)
+        # The decoded frame at full size, the reduced one, and its float pipeline
+        # (apply_modality_lut works in float64: 8 bytes, then float32 copies).
+        cost = footprint(rows * columns * samples, max(1, bits // 8), kept, samples,
+                         extra=kept * samples * 8)
+
+    def decode() -> DecodedImage:
+        with _errors():
+            return _decode(ds, decoder, frames, k)
+
+    return PendingDecode("dicom", columns, rows, k, cost, decode)
+
+
+def decode_dicom(data: bytes, *, max_pixels: int, downscale_above: int | None = None
+                 ) -> DecodedImage:
+    """DICOM bytes (sniffed as such) → 8-bit "L" or "RGB" image; see the module docstring."""
+    return open_dicom(data, max_pixels=max_pixels, downscale_above=downscale_above).decode()

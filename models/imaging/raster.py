@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 from models.imaging.errors import CorruptImageError, ImageTooLargeError
 from models.imaging.formats import CONTENT_TYPES, DecodedImage
+from models.imaging.scale import PendingDecode, footprint, pil_bytes, reduced_size, reduction
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,14 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_raster(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
-    """PNG, JPEG, TIFF or BMP bytes (``fmt`` as sniffed) → 8-bit "L" or "RGB" image."""
+def open_raster(data: bytes, fmt: str, max_pixels: int, downscale_above: int | None = None
+                ) -> PendingDecode:
+    """PNG, JPEG, TIFF or BMP bytes (``fmt`` as sniffed): header read, cost known.
+
+    Above ``downscale_above`` pixels the image is reduced on read (see
+    :mod:`models.imaging.scale`); ``max_pixels`` bounds what has to be held decoded at
+    once: the full size, except for JPEG, which is read already reduced.
+    """
     pil_format = _PIL_FORMATS[fmt]
     try:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; turn the warning into
@@ -114,13 +121,41 @@ def decode_raster(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
         raise CorruptImageError(f"{pil_format} image is corrupt or truncated") from None
 
     width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError.of_size(width, height, max_pixels)
     if width <= 0 or height <= 0:
         raise CorruptImageError(f"{pil_format} image has no pixels")
+    k = reduction(width, height, downscale_above)
+    target = reduced_size(width, height, k)
     source_mode = image.mode
+    if k > 1 and fmt == "jpeg":
+        # Decoded straight at 1/2, 1/4 or 1/8 scale in the DCT, never at full size.
+        try:
+            image.draft(source_mode, target)
+        except Exception:  # a mode draft cannot keep: decode at full size instead
+            log.debug("JPEG draft refused for mode %s", source_mode)
+    read_w, read_h = image.size
+    if read_w * read_h > max_pixels:
+        raise ImageTooLargeError.of_size(width, height, max_pixels)
+    kept = min(read_w * read_h, target[0] * target[1])
+    cost = footprint(read_w * read_h, pil_bytes(source_mode), kept)
+
+    def decode() -> DecodedImage:
+        return _decode(image, fmt, (width, height), target if k > 1 else None, source_mode,
+                       max_pixels)
+
+    return PendingDecode(fmt, width, height, k, cost, decode)
+
+
+def _decode(image: Image.Image, fmt: str, size: tuple[int, int],
+            target: tuple[int, int] | None, source_mode: str, max_pixels: int
+            ) -> DecodedImage:
+    width, height = size
+    pil_format = _PIL_FORMATS[fmt]
     try:
         image.load()  # multi-page TIFF: the first page, the one Image.open selects
+        if target is not None and image.size != target:
+            # A box filter: every source pixel counts once (no aliasing), in C, for every
+            # mode including 16-bit grey; the min-max to 8 bits then sees the reduced image.
+            image = image.resize(target, Image.Resampling.BOX)
         if fmt in ("jpeg", "tiff") and image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             # Phone photos of films and scanned slides carry their rotation in EXIF.
             image = ImageOps.exif_transpose(image)
@@ -130,9 +165,15 @@ def decode_raster(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
     except Exception as exc:  # OSError ("image file is truncated"), zlib.error, ...
         log.info("corrupt %s pixel data: %s", fmt, type(exc).__name__)
         raise CorruptImageError(f"{pil_format} image is corrupt or truncated") from None
-    return DecodedImage(
-        image=image,
-        format=fmt,
-        content_type=CONTENT_TYPES[fmt],
-        metadata={"width": width, "height": height, "mode": source_mode},
-    )
+    metadata: dict[str, str | int | float] = {"width": width, "height": height,
+                                              "mode": source_mode}
+    if target is not None:
+        metadata["decoded_width"], metadata["decoded_height"] = image.size
+    return DecodedImage(image=image, format=fmt, content_type=CONTENT_TYPES[fmt],
+                        metadata=metadata)
+
+
+def decode_raster(data: bytes, fmt: str, max_pixels: int, downscale_above: int | None = None
+                  ) -> DecodedImage:
+    """PNG, JPEG, TIFF or BMP bytes (``fmt`` as sniffed) → 8-bit "L" or "RGB" image."""
+    return open_raster(data, fmt, max_pixels, downscale_above).decode()

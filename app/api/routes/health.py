@@ -15,8 +15,9 @@ router = APIRouter(tags=["health"])
     response_model=HealthResponse,
     responses={503: {"model": StartingResponse, "description": "still loading, or failed"}},
 )
-def health(request: Request) -> HealthResponse | JSONResponse:
-    # A plain def (thread pool): reading the index size waits while a write holds the index.
+async def health(request: Request) -> HealthResponse | JSONResponse:
+    # On the event loop, not the thread pool: it reads no lock (Retriever.health), so it
+    # cannot wait behind a write, a snapshot or a rebuild, nor for a free worker thread.
     loader = request.app.state.loader
     if loader.retriever is None:
         body = StartingResponse(status="failed", detail=loader.error) if loader.error else (
