@@ -41,6 +41,6 @@ async def similar(
         vector, query = await run_in_threadpool(_stored, searcher, item_id)
     emb = await searcher.batcher.embed(query[None])
     stored = Embedding(vector, emb.probabilities)
-    out = await run_in_threadpool(searcher.rank, stored, k + 1, scope, label)
+    out = await run_in_threadpool(searcher.rank, stored, k + 1, scope, label, query[None])
     hits = [h for h in out.hits if h.id != item_id][:k]
     return dataclasses.replace(out, hits=hits)
