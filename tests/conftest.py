@@ -44,7 +44,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def calibrated_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model (same weights, same fingerprint) with an OOD calibration fitted on the
-    bundled demo gallery: 70 train and 30 val images per class."""
+    bundled demo gallery: 28 train and 12 val images per class."""
     from models.training.calibrate import calibrate_model
 
     out = tmp_path_factory.mktemp("tiny-calibrated")
@@ -55,7 +55,7 @@ def calibrated_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory)
         w.writerow(["path", "label", "split"])
         for c in CLASSES:
             for i, p in enumerate(sorted((DEMO_DIR / c).glob("*.jpeg"))):
-                w.writerow([f"{c}/{p.name}", c, "train" if i < 70 else "val"])
+                w.writerow([f"{c}/{p.name}", c, "train" if i < 28 else "val"])
     calibrate_model(out, DEMO_DIR, split, device="cpu", progress=False)
     return out
 

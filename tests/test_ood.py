@@ -91,13 +91,13 @@ def test_calibration_round_trips_and_keeps_the_fingerprint(
     weights = (calibrated_model / WEIGHTS_FILE).read_bytes()
     assert weights == (tiny_model / WEIGHTS_FILE).read_bytes()
     assert cfg.ood is not None and cfg.ood.method == "maha-embedding+input"
-    assert cfg.ood.fit_images == 6 * 70 and cfg.ood.val_images == 6 * 30
+    assert cfg.ood.fit_images == 6 * 28 and cfg.ood.val_images == 6 * 12
     assert 0 < cfg.ood.val_flagged <= 0.02
     # config.json → scorer → the same scores as recomputed from the statistics' inputs.
     scorer = load_scorer(calibrated_model, cfg)
     assert scorer is not None and scorer.threshold == cfg.ood.threshold
     emb = Embedder.load(calibrated_model, device="cpu")
-    prep = load_prepared(_demo(30, offset=70), cfg, progress=False)
+    prep = load_prepared(_demo(12, offset=28), cfg, progress=False)
     e = emb.embed_prepared(prep.images)
     scores = scorer.score(e.vectors, prep.images)
     assert flagged(scores, scorer.threshold) == pytest.approx(cfg.ood.val_flagged)
