@@ -85,8 +85,8 @@ def cmd_evaluate_ood(a: argparse.Namespace) -> int:
                        val_per_class=a.near_val_per_class,
                        test_per_class=a.near_test_per_class) if a.near else None
     opts = OodEvalOptions(far=a.far, shifted=a.shifted, synthetic=a.synthetic,
-                          max_per_set=a.max_per_set, near=near, device=a.device,
-                          progress=not a.no_progress)
+                          renderings=a.renderings, max_per_set=a.max_per_set, near=near,
+                          device=a.device, progress=not a.no_progress)
     r = run_ood_evaluation(Path(a.model), Path(a.data), Path(a.split_csv) if a.split_csv else None,
                            Path(a.out), opts)
     m = r["chosen"]
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME=PATH", help="a folder of known-class images from another source")
     o.add_argument("--synthetic", type=int, default=100,
                    help="synthetic images per kind (noise, blank, text, scene); 0: none")
+    o.add_argument("--renderings", type=int, default=20,
+                   help="test images per class to re-render (window, gamma, border, ...); 0: none")
     o.add_argument("--max-per-set", type=int, default=1000, help="seeded cap per folder")
     o.add_argument("--near", action="append", default=[], metavar="CLASS",
                    help="leave this class out of a quick model and score it (repeatable)")

@@ -29,6 +29,7 @@ class OodConfig(BaseModel):
     val_flagged: float = Field(ge=0, le=1, description="share of val images flagged, measured")
     val_images: int = Field(ge=1)
     fit_images: int = Field(ge=1, description="train images the statistics were fitted on")
+    fit_augmented: bool = Field(False, description="half of them augmented copies")
     stats_file: str = "ood.safetensors"
     stats_sha256: str
     data_fingerprint: str = ""

@@ -44,7 +44,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def calibrated_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model (same weights, same fingerprint) with an OOD calibration fitted on the
-    bundled demo gallery: 28 train and 12 val images per class (of its 40)."""
+    bundled demo gallery: 28 train and 12 val images per class."""
     from models.training.calibrate import calibrate_model
 
     out = tmp_path_factory.mktemp("tiny-calibrated")

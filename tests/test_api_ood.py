@@ -89,6 +89,11 @@ def test_index_records_the_verdict(open_ood: Callable[..., TestClient]) -> None:
     assert store.get(known["id"]).in_distribution is True
     (again,) = index_bytes(c, [NOISE])  # a duplicate answers with the stored verdict
     assert again == {**ood, "duplicate": True}
+    # The gallery lists and filters by it; never-checked rows match neither value.
+    listed = c.get("/images", params={"in_distribution": "false"}).json()
+    assert [it["id"] for it in listed["items"]] == [given["id"], ood["id"]]
+    assert c.get("/images", params={"in_distribution": "true"}).json()["total"] == 1
+    assert c.get(f"/images/{known['id']}/info").json()["in_distribution"] is True
 
 
 def test_reject_refuses_ood_and_writes_nothing(open_ood: Callable[..., TestClient]) -> None:

@@ -107,6 +107,8 @@ class ImageItem(BaseModel):
     image_url: str = Field(description="its PNG rendering; /thumbnail after it for a small one")
     metadata: dict[str, Any]
     label_source: Literal["given", "predicted"]
+    in_distribution: bool | None = Field(
+        None, description="the OOD verdict when it was stored; null when not checked")
 
 
 class ImageListResponse(BaseModel):

@@ -448,13 +448,13 @@ class ItemFilter:
     """What a list of stored items is narrowed to; ``None`` is "any".
 
     A new filter is a field here and a clause in :meth:`clauses`: the DICOM UIDs of issue
-    12 (``study_uid``, ``series_uid``, ``sop_uid``) and ``in_distribution`` of issue 10
-    slot in the same way.
+    12 (``study_uid``, ``series_uid``, ``sop_uid``) slot in the same way.
     """
 
     label: str | None = None
     label_source: LabelSource | None = None
     modality: str | None = None  # metadata.modality (DICOM), case-insensitive
+    in_distribution: bool | None = None  # rows never checked (NULL) match neither value
 
     def clauses(self) -> tuple[str, list[Any]]:
         where: list[str] = []
@@ -468,5 +468,7 @@ class ItemFilter:
         if self.modality is not None:
             where.append("json_extract(metadata, '$.modality') = ? COLLATE NOCASE")
             params.append(self.modality)
-        # in_distribution (issue 10): "in_distribution = ?" here once that column exists.
+        if self.in_distribution is not None:
+            where.append("in_distribution = ?")
+            params.append(int(self.in_distribution))
         return " AND ".join(where) or "1", params

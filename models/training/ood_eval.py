@@ -6,6 +6,9 @@ In distribution: the test split of the model's data set. Against it:
   modalities) and synthetic inputs (:mod:`models.training.ood_synthetic`);
 * **shifted** — images of a known class from elsewhere (``--shifted``): only the share
   flagged and what they are classified as, since "right" depends on the model;
+* **re-rendered** — test images of known classes re-windowed, gamma-corrected, equalised,
+  bordered, … (``--renderings N`` per class): the share flagged is a false alarm where
+  the model still classifies them right;
 * **near OOD** — leave one class out (``--near CLASS``): a quick model (the evaluated
   model's own recipe, few epochs, a subset) is trained without the class, and its test
   images are scored against the other classes' test images.
@@ -30,13 +33,15 @@ import numpy as np
 
 from models.config import ModelConfig
 from models.embed import Embedder
+from models.imaging.decode import read_image_file
 from models.imaging.formats import is_image_file
 from models.ood import DEFAULT_METHOD
 from models.preprocess import prepare
-from models.training.calibrate import FIT_MAX_IMAGES, VAL_MAX_IMAGES, limited
+from models.training.calibrate import FIT_MAX_IMAGES, VAL_MAX_IMAGES, fit_set, limited
 from models.training.dataset import DatasetError, DatasetIndex, Record, load_prepared, scan_dataset
 from models.training.ood_candidates import CANDIDATES, Candidates, Features, featurize
 from models.training.ood_metrics import auroc, flagged, fpr_at_tpr
+from models.training.ood_renderings import RENDERINGS
 from models.training.ood_report import write_ood_report
 from models.training.ood_synthetic import KINDS, synthetic_set
 from models.training.train import TrainArgs, train
@@ -61,6 +66,7 @@ class OodEvalOptions:
     far: list[tuple[str, Path]] = field(default_factory=list)
     shifted: list[tuple[str, Path]] = field(default_factory=list)
     synthetic: int = 100
+    renderings: int = 20
     max_per_set: int = 1000
     near: NearOptions | None = None
     device: str = "auto"
@@ -116,6 +122,7 @@ def _reference(embedder: Embedder, ds: DatasetIndex, opts: OodEvalOptions
     test_x, _ = _known(*_decode(ds.split("test"), cfg, "decode test", p))
     if not len(fit_x) or not len(val_x) or not len(test_x):
         raise DatasetError("need train, val and test images of the model's classes")
+    fit_x, fit_y, _ = fit_set(cfg, fit_x, fit_y)  # as calibration fits it
     cands = Candidates(featurize(embedder, fit_x, "features train", p), fit_y,
                        featurize(embedder, val_x, "features val", p))
     return cands, featurize(embedder, test_x, "features test", p)
@@ -128,8 +135,9 @@ def _recipe(cfg: ModelConfig, **over: Any) -> TrainArgs:
     skip = {"data", "out", "split_csv", "epochs", "batch_size", "name", "progress"}
     base = {k: v for k, v in cfg.train_args.items() if k in TrainArgs.model_fields
             and k not in skip}
-    if not base:
-        base = {"widths": cfg.widths, "fc_dims": cfg.fc_dims, "channels": cfg.in_channels,
+    if not base:  # a model made without `cbmir train`: its architecture, training's defaults
+        base = {"arch": cfg.arch, "widths": cfg.widths, "depths": cfg.depths or None,
+                "fc_dims": cfg.fc_dims, "channels": cfg.in_channels,
                 "image_size": cfg.image_size, "dropout": cfg.dropout}
     return TrainArgs(**{**base, **over})
 
@@ -166,6 +174,33 @@ def _near_one(ds: DatasetIndex, held: str, cfg: ModelConfig, near: NearOptions,
             "val_accuracy": res.config.metrics["val_accuracy"],
             "train_seconds": round(seconds, 1), "train_images": len(sub.split("train")),
             "epochs": near.epochs, "model_dir": str(out), "methods": _detection(cands, ind, ood)}
+
+
+def _rerendered(embedder: Embedder, cands: Candidates, ds: DatasetIndex, per_class: int
+                ) -> dict[str, Any]:
+    cfg, names = embedder.config, embedder.config.class_names
+    sample = [r for c in names for r in _pick(
+        [r for r in ds.split("test") if r.label == c], per_class, f"render:{c}")]
+    images: dict[str, list[np.ndarray]] = {name: [] for name in RENDERINGS}
+    labels = []
+    for r in sample:
+        try:
+            img = read_image_file(r.path).image
+        except (OSError, ValueError):
+            continue
+        for name, render in RENDERINGS.items():
+            images[name].append(prepare(render(img), cfg))
+        labels.append(names.index(r.label))
+    out: dict[str, Any] = {}
+    for name, imgs in images.items():
+        if not imgs:
+            continue
+        f = featurize(embedder, np.stack(imgs))
+        s = cands.scores(f)
+        out[name] = {"images": len(f), "accuracy": float(np.mean(
+            f.probabilities.argmax(axis=1) == np.array(labels))),
+            "flagged": {m: flagged(s[m], cands.thresholds[m]) for m in CANDIDATES}}
+    return out
 
 
 def _latency(cands: Candidates, test: Features) -> dict[str, Any]:
@@ -218,6 +253,7 @@ def run_ood_evaluation(model_dir: Path, data_dir: Path, split_csv: Path | None, 
         shifted[name] = {"images": len(f), "classified_as": _classified_as(f, names),
                          "flagged": {m: flagged(s[m], cands.thresholds[m]) for m in CANDIDATES}}
 
+    rerendered = _rerendered(embedder, cands, ds, opts.renderings) if opts.renderings else {}
     near = ([_near_one(ds, c, cfg, opts.near, Path(out_dir) / "near", opts)
              for c in opts.near.classes] if opts.near else [])
     report: dict[str, Any] = {
@@ -235,9 +271,11 @@ def run_ood_evaluation(model_dir: Path, data_dir: Path, split_csv: Path | None, 
                                                                                   pooled[m])}
                        for m in pooled},
         "shifted": shifted,
+        "rerendered": rerendered,
         "near": near,
         "latency": _latency(cands, test),
         "options": {"max_per_set": opts.max_per_set, "synthetic_per_kind": opts.synthetic,
+                    "renderings_per_class": opts.renderings,
                     "near": vars(opts.near) if opts.near else None},
     }
     write_ood_report(report, Path(out_dir))

@@ -82,6 +82,15 @@ def render_markdown(r: dict[str, Any]) -> str:
             out.append(f"| {name} | {s['images']} | {_classes(s['classified_as'])} | "
                        f"{_pct(s['flagged'][chosen])} |")
         out.append("")
+    if r.get("rerendered"):
+        ms = r["methods"]
+        out += ["## Known classes re-rendered: share flagged (false alarms where accuracy holds)",
+                "", "| rendering | images | model accuracy | " + " | ".join(ms) + " |",
+                "|---|---:|---:|" + "---:|" * len(ms)]
+        for name, x in r["rerendered"].items():
+            out.append(f"| {name} | {x['images']} | {x['accuracy']:.3f} | "
+                       + " | ".join(_pct(x["flagged"][m]) for m in ms) + " |")
+        out.append("")
     if r["near"]:
         others = [m for m in r["methods"] if m != chosen]
         out += ["## Near OOD: leave one class out", "",

@@ -48,7 +48,8 @@ def decode_cursor(cursor: str) -> int:
 
 def image_item(item: Item) -> ImageItem:
     return ImageItem(id=item.id, label=item.label, image_url=f"/images/{item.id}",
-                     metadata=item.metadata, label_source=item.label_source)
+                     metadata=item.metadata, label_source=item.label_source,
+                     in_distribution=item.in_distribution)
 
 
 @router.get(
@@ -68,7 +69,10 @@ async def list_images(
     modality: Annotated[
         str | None, Query(min_length=1, max_length=64, description="DICOM modality (CT, MR, ...)")
     ] = None,
-    # in_distribution (issue 10) goes here, as bool | None, once stored items carry it.
+    in_distribution: Annotated[
+        bool | None, Query(description="only images judged in (true) or out of (false) the "
+                           "model's distribution when stored")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="items per page")] = 50,
     cursor: Annotated[
         str | None,
@@ -84,7 +88,8 @@ async def list_images(
     if label is not None and label not in retriever.classes:
         raise InvalidInput(f"unknown label {label!r}; known: {', '.join(retriever.classes)}")
     before = decode_cursor(cursor) if cursor is not None else None
-    filt = ItemFilter(label=label, label_source=label_source, modality=modality)
+    filt = ItemFilter(label=label, label_source=label_source, modality=modality,
+                      in_distribution=in_distribution)
     # One more than asked: whether there is a next page, without a second count.
     rows, total = await run_in_threadpool(retriever.list_items, filt, before, limit + 1)
     page = rows[:limit]
