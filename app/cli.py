@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max-per-set", type=int, default=1000, help="seeded cap per folder")
     o.add_argument("--near", action="append", default=[], metavar="CLASS",
                    help="leave this class out of a quick model and score it (repeatable)")
-    o.add_argument("--near-epochs", type=int, default=3)
+    o.add_argument("--near-epochs", type=int, default=4)
     o.add_argument("--near-train-per-class", type=int, default=500)
     o.add_argument("--near-val-per-class", type=int, default=150)
     o.add_argument("--near-test-per-class", type=int, default=300)
