@@ -74,7 +74,7 @@ def run(model: Path, requests: int) -> dict[str, Any]:
                 assert resp.status_code == 200, resp.text
                 return took
 
-            arrays = [prepare_query(q, emb)[None] for q in queries]
+            arrays = [prepare_query(q, emb, r.decoder)[None] for q in queries]
             embs = [emb.embed_prepared(a) for a in arrays]
 
             def rank(name: str, i: int) -> float:
