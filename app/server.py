@@ -50,6 +50,12 @@ def preflight(settings: Settings) -> None:
     from app.service.store import DB_FILE, Store
     from models.checkpoint import load_config
 
+    if settings.database_url is not None:
+        # Shared backend: no data-dir lock; an unreachable database is one line, no password.
+        from app.service.pg.db import check_reachable
+
+        check_reachable(settings.database_url.get_secret_value(), settings.pg_timeout_s)
+        return
     DataDirLock(settings.data_dir).acquire().release()
     if (settings.data_dir / DB_FILE).is_file():
         cfg = load_config(settings.model_dir)
@@ -97,7 +103,13 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) ->
         loop="auto", http="auto",
     )
     server = uvicorn.Server(config)
-    log.info("serving on http://%s:%d (data in %s)", host, port, settings.data_dir)
+    if settings.database_url is not None:
+        from app.service.pg.db import redact
+
+        where = redact(settings.database_url.get_secret_value())
+    else:
+        where = str(settings.data_dir)
+    log.info("serving on http://%s:%d (data in %s)", host, port, where)
     # Uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the process
     # dies "by signal". A stop on SIGTERM is the normal end of a service: exit 0 instead.
     in_main = threading.current_thread() is threading.main_thread()
