@@ -73,10 +73,13 @@ class PgVectorIndex:
             return self._count
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, labels: Sequence[str] | str) -> None:
-        """Nothing to do: the store committed these vectors with their rows."""
+        """Nothing to do: the store committed these vectors with their rows. (The size
+        is counted again at the next read.)"""
+        self._counted_at = 0.0
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Nothing to do: a row's vector is deleted with it (``ON DELETE CASCADE``)."""
+        self._counted_at = 0.0
         return 0
 
     def missing(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:

@@ -39,6 +39,11 @@ def _item(row: Sequence[Any]) -> Item:
                 row[6], row[7], row[8])
 
 
+def _array(v: Any) -> np.ndarray:
+    """pgvector's ``Vector`` (or an array, in older pgvector) as float32."""
+    return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32)
+
+
 class PgStore:
     """Thread-safe: every call borrows a pooled connection for one transaction."""
 
@@ -130,7 +135,7 @@ class PgStore:
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
         """(ids, float32 vectors, labels) in chunks: of all rows, or of ``ids`` only."""
         def unpack(rows: list[Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-            vecs = np.stack([np.asarray(r[1], dtype=np.float32) for r in rows])
+            vecs = np.stack([_array(r[1]) for r in rows])
             return np.array([r[0] for r in rows], np.int64), vecs, [r[2] for r in rows]
 
         if ids is None:
