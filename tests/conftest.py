@@ -199,7 +199,7 @@ def single_omp_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Any]:
     """One PostgreSQL server for the session (embedded, or CBMIR_TEST_DATABASE_URL)."""
-    from tests.pgserver import EXTERNAL_URL, PgCluster, missing
+    from pgserver import EXTERNAL_URL, PgCluster, missing
 
     why = missing()
     if why:

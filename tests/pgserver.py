@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.serverproc import free_port, poll
+from serverproc import free_port, poll
 
 # Read at import, before the autouse fixture clears CBMIR_* from each test's environment.
 EXTERNAL_URL = os.environ.get("CBMIR_TEST_DATABASE_URL", "").strip()

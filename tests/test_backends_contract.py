@@ -181,11 +181,11 @@ def test_unreachable_database_is_one_line_without_password(
     make_settings: Callable[..., Settings],
 ) -> None:
     from app.server import preflight
-    from tests.serverproc import free_port
+    from serverproc import free_port
 
     url = f"postgresql://cbmir:s3cret-pw@127.0.0.1:{free_port()}/cbmir"
     with pytest.raises(ValueError) as e:
         preflight(make_settings(database_url=url))
     msg = str(e.value)
     assert "\n" not in msg and "s3cret-pw" not in msg
-    assert msg.startswith(f"cannot connect to the database postgresql://cbmir:***@127.0.0.1:")
+    assert msg.startswith("cannot connect to the database postgresql://cbmir:***@127.0.0.1:")
