@@ -180,8 +180,9 @@ def test_newer_schema_is_refused(pg_url: str, make_settings: Callable[..., Setti
 def test_unreachable_database_is_one_line_without_password(
     make_settings: Callable[..., Settings],
 ) -> None:
-    from app.server import preflight
     from serverproc import free_port
+
+    from app.server import preflight
 
     url = f"postgresql://cbmir:s3cret-pw@127.0.0.1:{free_port()}/cbmir"
     with pytest.raises(ValueError) as e:
@@ -189,3 +190,36 @@ def test_unreachable_database_is_one_line_without_password(
     msg = str(e.value)
     assert "\n" not in msg and "s3cret-pw" not in msg
     assert msg.startswith("cannot connect to the database postgresql://cbmir:***@127.0.0.1:")
+
+
+def test_migrate_copies_an_embedded_store_without_re_embedding(
+    make_settings: Callable[..., Settings], pg_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.service.pg.migrate import migrate
+
+    embedded = make_settings()
+    with TestClient(create_app(embedded)) as c:
+        wait_ready(c)
+        items = _store_demo(c, per_class=1)
+        assert c.delete(f"/images/{items[0]['id']}").status_code == 204
+        kept = items[1:]
+        before = {i["id"]: c.post("/search", files={"file": ("q", p.read_bytes())},
+                                  params={"scope": "all", "k": 3}).json()["results"]
+                  for i, p in zip(items, demo_files(per_class=1), strict=True) if i in kept}
+    summary = migrate(embedded.data_dir, pg_url, progress=False)
+    assert summary["copied"] == len(kept)
+    assert migrate(embedded.data_dir, pg_url, progress=False)["skipped"] == len(kept)
+
+    # Nothing is embedded by the serving side either: the stored vectors are the index.
+    with TestClient(create_app(make_settings(database_url=pg_url))) as c:
+        wait_ready(c)
+        for i, p in zip(items, demo_files(per_class=1), strict=True):
+            if i not in kept:
+                continue
+            got = c.post("/search", files={"file": ("q", p.read_bytes())},
+                         params={"scope": "all", "k": 3}).json()["results"]
+            assert [h["id"] for h in got] == [h["id"] for h in before[i["id"]]]
+            assert c.get(f"/images/{i['id']}", params={"original": True}).content == \
+                p.read_bytes()
+        (new,) = index_bytes(c, [png_bytes(7)])
+        assert new["id"] > max(i["id"] for i in items)  # the id sequence moved past them
