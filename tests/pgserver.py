@@ -61,8 +61,12 @@ def _as_user() -> dict[str, Any]:
 class PgCluster:
     """One PostgreSQL server: ``start``, ``stop`` (fast shutdown), ``kill``; databases."""
 
-    def __init__(self, external_url: str = "") -> None:
+    # Test defaults: no fsync (the tests stop the server cleanly, never crash it).
+    SETTINGS = {"fsync": "off", "max_connections": "200", "shared_buffers": "64MB"}
+
+    def __init__(self, external_url: str = "", settings: dict[str, str] | None = None) -> None:
         self.external = bool(external_url)
+        self.settings = {**self.SETTINGS, **(settings or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.root: Path | None = None
         if external_url:
@@ -93,7 +97,7 @@ class PgCluster:
         self.proc = subprocess.Popen(
             [str(self.bins / "postgres"), "-D", str(self.data), "-p", str(self.port),
              "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-             "-c", "fsync=off", "-c", "max_connections=200", "-c", "shared_buffers=64MB"],
+             *[a for k, v in self.settings.items() for a in ("-c", f"{k}={v}")]],
             stdout=log, stderr=subprocess.STDOUT, **_as_user())
         log.close()
         poll(self._ready, 30, f"PostgreSQL on port {self.port}")
@@ -131,6 +135,11 @@ class PgCluster:
     def url(self, dbname: str) -> str:
         parts = urlsplit(self.admin_url)
         return urlunsplit(parts._replace(path=f"/{dbname}"))
+
+    def connect(self, url: str | None = None) -> Any:
+        import psycopg
+
+        return psycopg.connect(url or self.admin_url, autocommit=True)
 
     def create_database(self, name: str) -> str:
         """A new empty database with pgvector; its URL."""

@@ -2,16 +2,18 @@
 driver failure that means "the database is not there right now" turned into
 :class:`DatabaseUnavailable` (503 + ``Retry-After``), never a 500.
 
-The pool checks a connection before lending it (one round trip), so after the database
-restarts the stale connections are dropped and replaced instead of failing a request
-each; the pool keeps reconnecting in the background while it is down.
+Connections are not checked before each use (that would be one more round trip per
+query): one broken by a database restart fails its request with a 503 and is replaced;
+the pool also checks its idle connections as soon as one failure is seen, so at most the
+requests already in flight see the restart, and it keeps reconnecting in the background.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -62,14 +64,22 @@ def _transient() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def unavailable_as_503(what: str) -> Iterator[None]:
-    """Turn a lost or unreachable database into :class:`DatabaseUnavailable`."""
+def unavailable_as_503(what: str, pool: Any = None) -> Iterator[None]:
+    """Turn a lost or unreachable database into :class:`DatabaseUnavailable`; with
+    ``pool``, have it test its idle connections (off this thread) after a failure."""
     try:
         yield
     except _transient() as e:
+        if pool is not None:
+            threading.Thread(target=_check_quietly, args=(pool,), daemon=True).start()
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         log.warning("database unavailable during %s: %s", what, first)
         raise DatabaseUnavailable(f"database unavailable ({what}); retry shortly") from e
+
+
+def _check_quietly(pool: Any) -> None:
+    with suppress(Exception):
+        pool.check()
 
 
 def check_reachable(url: str, timeout_s: float = 5.0) -> None:
@@ -101,10 +111,11 @@ def open_pool(url: str, *, size: int, timeout_s: float, session_sql: str = "") -
             conn.execute(session_sql)
             conn.commit()
 
+    # Autocommit: a read is one round trip (no BEGIN/COMMIT around it); writes open
+    # their transaction explicitly (``conn.transaction()``).
     pool = ConnectionPool(
         url, min_size=1, max_size=size, timeout=timeout_s, open=False, configure=configure,
-        check=ConnectionPool.check_connection, name="cbmir",
-        kwargs={"connect_timeout": max(1, int(timeout_s))},
+        name="cbmir", kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": True},
     )
     pool.open(wait=True, timeout=timeout_s)
     return pool

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import numpy as np
@@ -64,7 +65,7 @@ class PgVectorIndex:
         with self._count_lock:
             if time.monotonic() - self._counted_at > COUNT_TTL_S:
                 try:
-                    with unavailable_as_503("count"), self.pool.connection() as conn:
+                    with unavailable_as_503("count", self.pool), self.pool.connection() as conn:
                         self._count = int(conn.execute(
                             "SELECT count(*) FROM items").fetchone()[0])
                     self._counted_at = time.monotonic()
@@ -86,7 +87,7 @@ class PgVectorIndex:
         return np.empty(0, np.int64)
 
     def ids(self) -> np.ndarray:
-        with unavailable_as_503("read"), self.pool.connection() as conn:
+        with unavailable_as_503("read", self.pool), self.pool.connection() as conn:
             rows = conn.execute("SELECT id FROM item_vectors ORDER BY id").fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
@@ -106,7 +107,8 @@ class PgVectorIndex:
             where, params = "WHERE label = ANY(%s)", [list(labels)]
         query = (f"SELECT id, vector <#> %s AS d FROM item_vectors {where} "
                  "ORDER BY d LIMIT %s")
-        with unavailable_as_503("search"), self.pool.connection() as conn, conn.transaction():
+        with unavailable_as_503("search", self.pool), self.pool.connection() as conn, (
+                conn.transaction() if self.force_exact else nullcontext()):
             if self.force_exact:
                 conn.execute("SET LOCAL enable_indexscan = off")
             for i, v in enumerate(q):

@@ -83,7 +83,7 @@ def _copy(db: sqlite3.Connection, files: Store, url: str, extra_labels: list[str
                 copied += n
                 skipped += len(rows) - n
                 bar.update(len(rows))
-        with unavailable_as_503("migrate"), pg.pool.connection() as conn:
+        with unavailable_as_503("migrate", pg.pool), pg.pool.connection() as conn:
             conn.execute("SELECT setval(pg_get_serial_sequence('items', 'id'), "
                          "greatest((SELECT max(id) FROM items), 1))")
     finally:
@@ -100,7 +100,7 @@ def _insert_chunk(pg: PgStore, files: Store, rows: list[tuple[object, ...]], dim
     sql = (f"INSERT INTO items ({', '.join(names)}) OVERRIDING SYSTEM VALUE VALUES "
            f"({', '.join(['%s'] * len(names))}) ON CONFLICT DO NOTHING RETURNING id")
     n = 0
-    with unavailable_as_503("migrate"), pg.pool.connection() as conn, conn.transaction():
+    with unavailable_as_503("migrate", pg.pool), pg.pool.connection() as conn, conn.transaction():
         for r in rows:
             item_id, sha, label, source, ctype, fmt, metadata, ood, created, blob = r[:10]
             data = files.original_path(str(sha)).read_bytes()

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import numpy as np
@@ -64,21 +65,31 @@ class PgStore:
     def close(self) -> None:
         self.pool.close()
 
+    @contextmanager
+    def _conn(self, what: str, *, tx: bool = False) -> Iterator[Any]:
+        """A pooled connection (autocommit; in one transaction with ``tx``); a lost or
+        unreachable database raises :class:`~app.service.pg.db.DatabaseUnavailable`."""
+        with unavailable_as_503(what, self.pool), self.pool.connection() as conn:
+            if tx:
+                with conn.transaction():
+                    yield conn
+            else:
+                yield conn
+
     def setup(self, dim: int, labels: Sequence[str], *, hnsw: bool) -> None:
         """Create or migrate the schema (under the advisory lock); see ``schema``."""
-        with unavailable_as_503("schema"), self.pool.connection() as conn:
+        with self._conn("schema") as conn:
             ensure_schema(conn, dim, labels, hnsw)
 
     # -- model identity --------------------------------------------------------------
 
     def meta(self) -> dict[str, str]:
-        with unavailable_as_503("read"), self.pool.connection() as conn:
+        with self._conn("read") as conn:
             return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
     def check_model(self, fingerprint: str, dim: int, name: str) -> None:
         values = {"model_fingerprint": fingerprint, "embedding_dim": str(dim), "model_name": name}
-        with unavailable_as_503("model check"), self.pool.connection() as conn, \
-                conn.transaction():
+        with self._conn("model check", tx=True) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             count = int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
@@ -97,7 +108,7 @@ class PgStore:
     # -- reads -------------------------------------------------------------------------
 
     def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
-        with unavailable_as_503("read"), self.pool.connection() as conn:
+        with self._conn("read") as conn:
             return conn.execute(query, params).fetchone()[0]
 
     def count(self) -> int:
@@ -107,7 +118,7 @@ class PgStore:
         return int(self._one("SELECT coalesce(max(id), 0) FROM items"))
 
     def ids(self) -> np.ndarray:
-        with unavailable_as_503("read"), self.pool.connection() as conn:
+        with self._conn("read") as conn:
             rows = conn.execute("SELECT id FROM items ORDER BY id").fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
@@ -117,7 +128,7 @@ class PgStore:
     def get_many(self, ids: Sequence[int]) -> dict[int, Item]:
         if not len(ids):
             return {}
-        with unavailable_as_503("read"), self.pool.connection() as conn:
+        with self._conn("read") as conn:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM items WHERE id = ANY(%s)",
                                 ([int(i) for i in ids],)).fetchall()
         return {int(r[0]): _item(r) for r in rows}
@@ -125,7 +136,7 @@ class PgStore:
     def find_sha(self, shas: Sequence[str]) -> dict[str, Item]:
         if not shas:
             return {}
-        with unavailable_as_503("read"), self.pool.connection() as conn:
+        with self._conn("read") as conn:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM items WHERE sha256 = ANY(%s)",
                                 (list(shas),)).fetchall()
         return {r[1]: _item(r) for r in rows}
@@ -141,7 +152,7 @@ class PgStore:
         if ids is None:
             last = 0
             while True:
-                with unavailable_as_503("read"), self.pool.connection() as conn:
+                with self._conn("read") as conn:
                     rows = conn.execute(
                         "SELECT id, vector, label FROM item_vectors WHERE id > %s "
                         "ORDER BY id LIMIT %s", (last, chunk)).fetchall()
@@ -152,7 +163,7 @@ class PgStore:
         else:
             for s in range(0, len(ids), chunk):
                 part = [int(i) for i in ids[s : s + chunk]]
-                with unavailable_as_503("read"), self.pool.connection() as conn:
+                with self._conn("read") as conn:
                     rows = conn.execute(
                         "SELECT id, vector, label FROM item_vectors WHERE id = ANY(%s) "
                         "ORDER BY id", (part,)).fetchall()
@@ -160,7 +171,7 @@ class PgStore:
                     yield unpack(rows)
 
     def read_original(self, item: Item) -> bytes | None:
-        with unavailable_as_503("read"), self.pool.connection() as conn:
+        with self._conn("read") as conn:
             row = conn.execute("SELECT data FROM originals WHERE sha256 = %s",
                                (item.sha256,)).fetchone()
         if row is None:
@@ -176,7 +187,7 @@ class PgStore:
         An item whose sha256 (or SOP Instance UID) another replica committed meanwhile
         resolves to that row's id and writes nothing."""
         ids: list[int] = []
-        with unavailable_as_503("write"), self.pool.connection() as conn, conn.transaction():
+        with self._conn("write", tx=True) as conn:
             for it in items:
                 dicom = [getattr(it, c, None) for c in DICOM_COLUMNS]
                 row = conn.execute(
@@ -203,7 +214,7 @@ class PgStore:
 
     def delete(self, item_id: int) -> Item | None:
         """Row, vector and original in one statement (cascades), committed on return."""
-        with unavailable_as_503("delete"), self.pool.connection() as conn, conn.transaction():
+        with self._conn("delete", tx=True) as conn:
             row = conn.execute(f"DELETE FROM items WHERE id = %s RETURNING {_COLUMNS}",
                                (item_id,)).fetchone()
         return None if row is None else _item(row)
@@ -223,7 +234,7 @@ class PgStore:
         where, params = filter_clauses(filt)
         page = f"{where} AND id < %s" if before is not None else where
         page_params = [*params, before] if before is not None else params
-        with unavailable_as_503("read"), self.pool.connection() as conn:
+        with self._conn("read") as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE {page} ORDER BY id DESC LIMIT %s",
                 [*page_params, limit]).fetchall()
@@ -233,7 +244,7 @@ class PgStore:
 
     def relabel(self, item_id: int, label: str) -> Item | None:
         """``items.label`` updated and the vector moved to its partition, one transaction."""
-        with unavailable_as_503("relabel"), self.pool.connection() as conn, conn.transaction():
+        with self._conn("relabel", tx=True) as conn:
             old = conn.execute("SELECT label FROM items WHERE id = %s FOR UPDATE",
                                (item_id,)).fetchone()
             if old is None:
