@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # The shared backend (app.service.pg): rows, originals and vectors in PostgreSQL with
     # pgvector, for any number of replicas. Unset: SQLite + FAISS under DATA_DIR.
     database_url: SecretStr | None = None
+    # A streaming standby for the vector searches (rows still come from the primary).
+    # Such searches may lag the primary's writes: they give up read-your-writes.
+    database_read_url: SecretStr | None = None
     pg_index: Literal["exact", "hnsw"] = "exact"
     pg_ef_search: int = Field(100, ge=1, le=1000)
     pg_pool_size: int = Field(10, ge=1, le=1000)
@@ -69,7 +72,7 @@ class Settings(BaseSettings):
     # app.service.faults). Empty by default: nothing is armed.
     test_faults: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "database_read_url", mode="before")
     @classmethod
     def _postgres_url(cls, v: Any) -> Any:
         if v is None or (isinstance(v, str) and not v.strip()):

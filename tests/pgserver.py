@@ -64,7 +64,8 @@ class PgCluster:
     # Test defaults: no fsync (the tests stop the server cleanly, never crash it).
     SETTINGS = {"fsync": "off", "max_connections": "200", "shared_buffers": "64MB"}
 
-    def __init__(self, external_url: str = "", settings: dict[str, str] | None = None) -> None:
+    def __init__(self, external_url: str = "", settings: dict[str, str] | None = None,
+                 standby_of: PgCluster | None = None) -> None:
         self.external = bool(external_url)
         self.settings = {**self.SETTINGS, **(settings or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -83,10 +84,16 @@ class PgCluster:
             shutil.chown(self.data, "nobody", "nogroup")
         self.port = free_port()
         self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        subprocess.run(
-            [str(bins / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-             "-E", "utf8", "--no-sync", "--no-instructions"],
-            check=True, capture_output=True, **_as_user())
+        if standby_of is None:
+            cmd = [str(bins / "initdb"), "-D", str(self.data), "-U", "postgres",
+                   "--auth=trust", "-E", "utf8", "--no-sync", "--no-instructions"]
+        else:
+            # A streaming standby: a base backup of the primary, -R writes standby.signal
+            # and primary_conninfo; it then replays the primary's WAL as it streams in.
+            cmd = [str(bins / "pg_basebackup"), "-D", str(self.data), "-R", "-X", "stream",
+                   "-c", "fast", "-d", standby_of.admin_url]
+        subprocess.run(cmd, check=True, capture_output=True, **_as_user())
+        self.data.chmod(0o700)
         self.start()
 
     # -- the server (embedded only) ---------------------------------------------------

@@ -46,8 +46,11 @@ class PgVectorIndex:
     backend = "pgvector"
 
     def __init__(self, pool: Any, dim: int, kind: PgIndexKind = "exact",
-                 *, force_exact: bool = False) -> None:
+                 *, force_exact: bool = False, primary: Any = None) -> None:
+        """``pool`` serves the searches (a standby's, with ``CBMIR_DATABASE_READ_URL``);
+        ``primary`` (default: the same) the size and the ids."""
         self.pool, self.dim, self.kind = pool, dim, kind
+        self.primary = primary if primary is not None else pool
         # HNSW indexes left by an earlier CBMIR_PG_INDEX=hnsw run: exact search must not
         # use them, so the planner is told not to (one extra statement per search).
         self.force_exact = force_exact and kind == "exact"
@@ -65,7 +68,8 @@ class PgVectorIndex:
         with self._count_lock:
             if time.monotonic() - self._counted_at > COUNT_TTL_S:
                 try:
-                    with unavailable_as_503("count", self.pool), self.pool.connection() as conn:
+                    with unavailable_as_503("count", self.primary), \
+                            self.primary.connection() as conn:
                         self._count = int(conn.execute(
                             "SELECT count(*) FROM items").fetchone()[0])
                     self._counted_at = time.monotonic()
@@ -87,7 +91,7 @@ class PgVectorIndex:
         return np.empty(0, np.int64)
 
     def ids(self) -> np.ndarray:
-        with unavailable_as_503("read", self.pool), self.pool.connection() as conn:
+        with unavailable_as_503("read", self.primary), self.primary.connection() as conn:
             rows = conn.execute("SELECT id FROM item_vectors ORDER BY id").fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 

@@ -54,6 +54,7 @@ class PgStore:
                  session_sql: str = "") -> None:
         self.url = url
         self.display_url = redact(url)
+        self._others: list[Any] = []
         check_reachable(url, timeout_s)
         try:
             self.pool = open_pool(url, size=pool_size, timeout_s=timeout_s,
@@ -63,7 +64,12 @@ class PgStore:
                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
     def close(self) -> None:
-        self.pool.close()
+        for pool in [self.pool, *self._others]:
+            pool.close()
+
+    def also_close(self, pool: Any) -> None:
+        """Close ``pool`` (a read replica's) with this store."""
+        self._others.append(pool)
 
     @contextmanager
     def _conn(self, what: str, *, tx: bool = False) -> Iterator[Any]:
