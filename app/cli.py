@@ -127,7 +127,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from app.config import load_settings
     from app.server import run_server
 
-    run_server(load_settings(), host=a.host, port=a.port)
+    run_server(load_settings(), host=a.host, port=a.port, workers=a.workers)
     return 0
 
 
@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the REST service")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1,
+                   help="independent worker processes (PostgreSQL backend only)")
     s.set_defaults(func=cmd_serve)
     return p
 

@@ -190,3 +190,37 @@ def test_database_stopped_mid_run_503_then_recovery(
         assert all(r[2] and r[3] for r in rows)
     finally:
         cluster.close()
+
+
+def test_serve_workers_share_one_database(tiny_model: Path, tmp_path: Path, pg_url: str) -> None:
+    import psutil
+
+    with ServerProc(_env(tiny_model, tmp_path, pg_url), tmp_path / "w.log") as srv:
+        srv.start(args=("--workers", "2"))
+        assert srv.proc is not None
+        workers = [c for c in psutil.Process(srv.proc.pid).children()
+                   if c.cmdline()[:1] and "python" in c.cmdline()[0]]
+        assert len(workers) >= 2
+        # A worker answers /health 200 once its retriever is open: both, when 20 fresh
+        # connections in a row (the kernel spreads them over the workers) get a 200.
+        poll(lambda: all(httpx.get(f"{srv.url}/health", timeout=5).status_code == 200
+                         for _ in range(20)), 60, "both workers to be ready")
+        items = [_index(srv.url, png_bytes(300 + i)) for i in range(6)]
+        for i, item in enumerate(items):
+            assert _top1(srv.url, png_bytes(300 + i))["id"] == item["id"]
+        assert srv.terminate() == 0
+    assert len(_rows(pg_url)) == 6
+
+
+def test_workers_refused_on_the_embedded_backend(tiny_model: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from serverproc import CBMIR
+
+    env = server_env(CBMIR_MODEL_DIR=str(tiny_model), CBMIR_DATA_DIR=str(tmp_path / "d"))
+    r = subprocess.run([CBMIR, "serve", "--workers", "2"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("cbmir: error: --workers N needs CBMIR_DATABASE_URL: the "
+                                "embedded backend's index lives in one process and its data "
+                                "dir takes one writer")
