@@ -171,7 +171,13 @@ def test_database_stopped_mid_run_503_then_recovery(
                 s = httpx.post(f"{srv.url}/search", files={"file": ("q.png", png_bytes(1))},
                                timeout=30)
                 assert s.status_code == 503, s.text
-            assert httpx.get(f"{srv.url}/health", timeout=10).status_code == 200
+            def health() -> dict[str, Any]:
+                r = httpx.get(f"{srv.url}/health", timeout=10)
+                assert r.status_code == 200  # answered at once, from the last count
+                return r.json()  # type: ignore[no-any-return]
+
+            poll(lambda: health()["status"] == "degraded", 20, "/health to say degraded")
+            assert "the database is unreachable" in health()["problems"][0]
             cluster.start()
             t0 = time.monotonic()
 
@@ -183,6 +189,7 @@ def test_database_stopped_mid_run_503_then_recovery(
             poll(recovered, 60, "searches to succeed once the database is back")
             print(f"recovered {time.monotonic() - t0:.1f}s after the database restarted")
             assert _top1(srv.url, png_bytes(1))["id"] == first["id"]
+            poll(lambda: health()["status"] == "ok", 20, "/health to be ok again")
             second = _index(srv.url, png_bytes(2))  # the client's retry, stored once
             assert "500" not in srv.log()
         rows = _rows(url)

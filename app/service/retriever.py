@@ -143,6 +143,8 @@ class Retriever:
         degraded = [reason for reason, bad in (
             ("the model's worker thread is not running or is stuck", not batcher.healthy),
             ("the last index snapshot failed", snap.last_error is not None),
+            ("the database is unreachable (requests that need it answer 503)",
+             not getattr(self.index, "reachable", True)),
         ) if bad]
         return {
             "status": "degraded" if degraded else "ok",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any, Literal
@@ -31,7 +30,7 @@ from index.base import SearchResult
 log = logging.getLogger(__name__)
 
 PgIndexKind = Literal["exact", "hnsw"]
-COUNT_TTL_S = 1.0  # /health and /metrics read the size; a COUNT(*) at most this often
+COUNT_EVERY_S = 1.0  # the size /health and /metrics show is recounted this often
 
 
 def session_sql(kind: PgIndexKind, ef_search: int) -> str:
@@ -55,36 +54,54 @@ class PgVectorIndex:
         # use them, so the planner is told not to (one extra statement per search).
         self.force_exact = force_exact and kind == "exact"
         self.extra: dict[str, Any] = {}
-        self._count, self._counted_at = 0, 0.0
+        self.reachable = True  # as of the last count
+        self._count = self._counted()
         self._count_lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._recount, name="cbmir-pg-count", daemon=True).start()
 
     @property
     def index_type(self) -> str:
         return self.kind
 
+    def _counted(self) -> int:
+        with unavailable_as_503("count", self.primary), self.primary.connection() as conn:
+            return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def _recount(self) -> None:
+        """Every ``COUNT_EVERY_S``: the exact size (other replicas write too), and whether
+        the database answers. Off the event loop, where ``/health`` reads the result."""
+        while not self._stop.wait(COUNT_EVERY_S):
+            if getattr(self.primary, "closed", False):
+                return  # the service is shutting down
+            try:
+                n = self._counted()
+            except Unavailable:
+                self.reachable = False
+                continue
+            except Exception:  # anything else: logged, and counted again next time
+                log.exception("counting the items failed")
+                continue
+            with self._count_lock:
+                self._count, self.reachable = n, True
+
+    def close(self) -> None:
+        self._stop.set()
+
     def __len__(self) -> int:
-        """Items in the database, at most ``COUNT_TTL_S`` old; the last known count while
-        the database is unreachable (health and metrics must answer regardless)."""
-        with self._count_lock:
-            if time.monotonic() - self._counted_at > COUNT_TTL_S:
-                try:
-                    with unavailable_as_503("count", self.primary), \
-                            self.primary.connection() as conn:
-                        self._count = int(conn.execute(
-                            "SELECT count(*) FROM items").fetchone()[0])
-                    self._counted_at = time.monotonic()
-                except Unavailable:
-                    pass
-            return self._count
+        """Items in the database: exact as of the last count (at most ``COUNT_EVERY_S``
+        old), plus this replica's writes since. Never waits for the database."""
+        return self._count
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, labels: Sequence[str] | str) -> None:
-        """Nothing to do: the store committed these vectors with their rows. (The size
-        is counted again at the next read.)"""
-        self._counted_at = 0.0
+        """Nothing to do: the store committed these vectors with their rows."""
+        with self._count_lock:
+            self._count += len(ids)
 
     def remove(self, ids: np.ndarray | Sequence[int]) -> int:
         """Nothing to do: a row's vector is deleted with it (``ON DELETE CASCADE``)."""
-        self._counted_at = 0.0
+        with self._count_lock:
+            self._count = max(0, self._count - len(ids))
         return 0
 
     def missing(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
