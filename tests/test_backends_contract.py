@@ -223,3 +223,47 @@ def test_migrate_copies_an_embedded_store_without_re_embedding(
                 p.read_bytes()
         (new,) = index_bytes(c, [png_bytes(7)])
         assert new["id"] > max(i["id"] for i in items)  # the id sequence moved past them
+
+
+def test_hnsw_indexes_are_built_concurrently_and_used(
+    make_settings: Callable[..., Settings], pg_url: str,
+) -> None:
+    import psycopg
+
+    settings = make_settings(database_url=pg_url, pg_index="hnsw")
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        items = _store_demo(c, per_class=3)
+        r = _retriever(c)
+        thread = getattr(r.store, "hnsw_thread", None)
+        assert thread is not None
+        thread.join(60)
+        with psycopg.connect(pg_url) as conn:
+            valid = conn.execute(
+                "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname LIKE 'item_vectors_%%_hnsw' AND i.indisvalid").fetchone()[0]
+            assert valid == len(CLASSES)
+            # A partition big enough for the planner to prefer its HNSW index to a scan.
+            rng = np.random.default_rng(0)
+            extra = rng.standard_normal((3000, r.index.dim)).astype(np.float32)
+            extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "WITH i AS (INSERT INTO items (sha256, label, label_source, content_type, "
+                    "format, metadata) VALUES (%s, 'Hand', 'given', 'image/png', 'png', '{}') "
+                    "RETURNING id) INSERT INTO item_vectors (label, id, vector) "
+                    "SELECT 'Hand', id, %s::vector FROM i",
+                    [(f"{n:064x}", "[" + ",".join(f"{x:.6f}" for x in v) + "]")
+                     for n, v in enumerate(extra)])
+            conn.commit()
+            conn.execute("ANALYZE item_vectors")
+            q = "[" + ",".join(f"{x:.6f}" for x in extra[0]) + "]"
+            plan = "\n".join(row[0] for row in conn.execute(
+                "EXPLAIN SELECT id FROM item_vectors WHERE label = 'Hand' ORDER BY vector <#> "
+                f"'{q}' LIMIT 3").fetchall())
+            assert "_hnsw" in plan
+        # Filtered to a class, k larger than ef_search would cut short: iterative scan.
+        got = r.index.search(_all_vectors(r)[1][:1], 3, ["Hand"])
+        assert (got.ids[0] >= 0).all()
+        assert c.get("/health").json()["index"]["type"] == "hnsw"
+        assert len(items) == 3 * len(CLASSES)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,9 +84,11 @@ def _v1(dim: int) -> list[str]:
             label text NOT NULL,
             id bigint NOT NULL REFERENCES items (id) ON DELETE CASCADE,
             vector vector({int(dim)}) NOT NULL,
-            PRIMARY KEY (label, id)
+            -- (id, label), not (label, id): no btree serves "label = $1", so the planner
+            -- picks between a scan of the partition and its HNSW index, never a btree
+            -- walk of the whole partition followed by a sort.
+            PRIMARY KEY (id, label)
         ) PARTITION BY LIST (label)""",
-        "CREATE INDEX item_vectors_id ON item_vectors (id)",
         "CREATE TABLE item_vectors_default PARTITION OF item_vectors DEFAULT",
         """CREATE TABLE originals (
             sha256 text PRIMARY KEY REFERENCES items (sha256) ON DELETE CASCADE,
@@ -105,9 +108,11 @@ def partition_name(label: str) -> str:
     return "item_vectors_" + hashlib.sha256(label.encode()).hexdigest()[:12]
 
 
-def ensure_schema(conn: Any, dim: int, labels: Sequence[str], hnsw: bool,
+def ensure_schema(conn: Any, dim: int, labels: Sequence[str], hnsw: bool = False,
                   hnsw_m: int = 16, ef_construction: int = 64) -> int:
-    """Create or migrate the schema, one partition per label, HNSW indexes when asked.
+    """Create or migrate the schema, one partition per label (and, with ``hnsw``, their
+    HNSW indexes in this transaction: for a bulk load, not for a live database, where
+    :func:`ensure_hnsw` builds them concurrently).
 
     Runs in one transaction under an advisory lock. Returns the schema version.
     """
@@ -152,6 +157,50 @@ def ensure_schema(conn: Any, dim: int, labels: Sequence[str], hnsw: bool,
                     sql.Identifier(name + "_hnsw"), sql.Identifier(name),
                     sql.Literal(hnsw_m), sql.Literal(ef_construction)))
     return SCHEMA_VERSION
+
+
+HNSW_LOCK_KEY = LOCK_KEY + 1  # session-level: one replica builds the HNSW indexes
+
+
+def ensure_hnsw(conn: Any, labels: Sequence[str], hnsw_m: int = 16,
+                ef_construction: int = 64) -> int:
+    """Build each label partition's missing HNSW index with ``CREATE INDEX CONCURRENTLY``
+    (writes go on meanwhile; searches scan exactly until it is valid). ``conn`` must be in
+    autocommit. One replica at a time (a try-lock: the others go on without waiting);
+    an index left invalid by a failed build is dropped and built again. Returns how many
+    were built."""
+    from psycopg import sql
+
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (HNSW_LOCK_KEY,)).fetchone()[0]:
+        log.info("another replica is building the HNSW indexes")
+        return 0
+    built = 0
+    try:
+        for label in labels:
+            part = partition_name(label)
+            name = part + "_hnsw"
+            if conn.execute("SELECT to_regclass(%s)", (part,)).fetchone()[0] is None:
+                continue  # its rows are in the default partition
+            valid = conn.execute(
+                "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+                "WHERE c.relname = %s", (name,)).fetchone()
+            if valid is not None and valid[0]:
+                continue
+            if valid is not None:
+                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                    sql.Identifier(name)))
+            t0 = time.perf_counter()
+            conn.execute(sql.SQL(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} USING hnsw "
+                "(vector vector_ip_ops) WITH (m = {}, ef_construction = {})").format(
+                sql.Identifier(name), sql.Identifier(part), sql.Literal(hnsw_m),
+                sql.Literal(ef_construction)))
+            built += 1
+            log.info("built the HNSW index of label %r in %.1fs", label,
+                     time.perf_counter() - t0)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (HNSW_LOCK_KEY,))
+    return built
 
 
 def _resize_if_empty(conn: Any, dim: int) -> None:

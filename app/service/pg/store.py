@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
@@ -25,7 +26,7 @@ from typing import Any, cast
 import numpy as np
 
 from app.service.pg.db import check_reachable, open_pool, redact, unavailable_as_503
-from app.service.pg.schema import DICOM_COLUMNS, LOCK_KEY, ensure_schema
+from app.service.pg.schema import DICOM_COLUMNS, LOCK_KEY, ensure_hnsw, ensure_schema
 from app.service.store import Item, ItemFilter, LabelSource, NewItem, StoreMismatchError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class PgStore:
         self.url = url
         self.display_url = redact(url)
         self._others: list[Any] = []
+        self.hnsw_thread: threading.Thread | None = None
         check_reachable(url, timeout_s)
         try:
             self.pool = open_pool(url, size=pool_size, timeout_s=timeout_s,
@@ -83,9 +85,21 @@ class PgStore:
                 yield conn
 
     def setup(self, dim: int, labels: Sequence[str], *, hnsw: bool) -> None:
-        """Create or migrate the schema (under the advisory lock); see ``schema``."""
+        """Create or migrate the schema (under the advisory lock); with ``hnsw``, build
+        the missing HNSW indexes concurrently in a background thread (see ``schema``)."""
         with self._conn("schema") as conn:
-            ensure_schema(conn, dim, labels, hnsw)
+            ensure_schema(conn, dim, labels)
+        if hnsw:
+            self.hnsw_thread = threading.Thread(target=self._build_hnsw, args=(list(labels),),
+                                                name="cbmir-pg-hnsw", daemon=True)
+            self.hnsw_thread.start()
+
+    def _build_hnsw(self, labels: list[str]) -> None:
+        try:
+            with self.pool.connection() as conn:
+                ensure_hnsw(conn, labels)
+        except Exception:  # searches stay exact (a scan) until a later start builds them
+            log.exception("building the HNSW indexes failed")
 
     # -- model identity --------------------------------------------------------------
 
