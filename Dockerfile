@@ -9,10 +9,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3.11 pyth
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /srv/cbmir
 
-# Dependencies in their own layer: only pyproject.toml is needed to resolve them.
+# Dependencies in their own layer: only pyproject.toml is needed to resolve them. [pg]: the
+# PostgreSQL driver, so the image can also run as a replica (CBMIR_DATABASE_URL).
 COPY pyproject.toml README.md ./
 RUN mkdir -p app models index && touch app/__init__.py models/__init__.py index/__init__.py \
-    && pip install . && pip uninstall -y cbmir
+    && pip install '.[pg]' && pip uninstall -y cbmir
 
 COPY app ./app
 COPY models ./models

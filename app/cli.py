@@ -127,7 +127,21 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from app.config import load_settings
     from app.server import run_server
 
-    run_server(load_settings(), host=a.host, port=a.port)
+    run_server(load_settings(), host=a.host, port=a.port, workers=a.workers)
+    return 0
+
+
+def cmd_migrate(a: argparse.Namespace) -> int:
+    from app.config import load_settings
+    from app.service.pg.db import redact
+    from app.service.pg.migrate import migrate
+    from models.checkpoint import load_config
+
+    settings = load_settings()
+    data_dir = a.data_dir or settings.data_dir
+    classes = load_config(settings.model_dir).class_names
+    summary = migrate(data_dir, a.to, labels=classes, progress=not a.no_progress)
+    sys.stdout.write(json.dumps({**summary, "to": redact(a.to)}) + "\n")
     return 0
 
 
@@ -215,9 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(func=cmd_index)
 
+    m = sub.add_parser("migrate", help="copy the embedded data dir (SQLite + originals) into "
+                       "PostgreSQL, stored vectors included (nothing is re-embedded)")
+    m.add_argument("--to", required=True, metavar="postgresql://...",
+                   help="the database (then serve with CBMIR_DATABASE_URL set to it)")
+    m.add_argument("--data-dir", type=Path, help="default: CBMIR_DATA_DIR")
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=cmd_migrate)
+
     s = sub.add_parser("serve", help="run the REST service")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1,
+                   help="independent worker processes (PostgreSQL backend only)")
     s.set_defaults(func=cmd_serve)
     return p
 

@@ -57,9 +57,30 @@ class Settings(BaseSettings):
     # team then spins waiting for a core that is busy elsewhere (bench/RESULTS.md: same
     # throughput at 16 clients for 25-45 % less CPU per request, p99 at 1 client 3x lower).
     torch_threads: int = Field(1, ge=1, le=256)
+    # The shared backend (app.service.pg): rows, originals and vectors in PostgreSQL with
+    # pgvector, for any number of replicas. Unset: SQLite + FAISS under DATA_DIR.
+    database_url: SecretStr | None = None
+    # A streaming standby for the vector searches (rows still come from the primary).
+    # Such searches may lag the primary's writes: they give up read-your-writes.
+    database_read_url: SecretStr | None = None
+    pg_index: Literal["exact", "hnsw"] = "exact"
+    pg_ef_search: int = Field(100, ge=1, le=1000)
+    pg_pool_size: int = Field(10, ge=1, le=1000)
+    # How long a request waits for a database connection before answering 503.
+    pg_timeout_s: float = Field(5.0, gt=0)
     # Test only, never set in production: fault points to arm, "point:action,..." (see
     # app.service.faults). Empty by default: nothing is armed.
     test_faults: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("database_url", "database_read_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        text = v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+        if not text.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -100,6 +121,11 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def shared_backend(self) -> bool:
+        """Rows and vectors in PostgreSQL (``CBMIR_DATABASE_URL``), not under DATA_DIR."""
+        return self.database_url is not None
 
     @property
     def index_dir(self) -> Path:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 from app.config import Settings
 
@@ -50,6 +51,12 @@ def preflight(settings: Settings) -> None:
     from app.service.store import DB_FILE, Store
     from models.checkpoint import load_config
 
+    if settings.database_url is not None:
+        # Shared backend: no data-dir lock; an unreachable database is one line, no password.
+        from app.service.pg.db import check_reachable
+
+        check_reachable(settings.database_url.get_secret_value(), settings.pg_timeout_s)
+        return
     DataDirLock(settings.data_dir).acquire().release()
     if (settings.data_dir / DB_FILE).is_file():
         cfg = load_config(settings.model_dir)
@@ -60,15 +67,11 @@ def preflight(settings: Settings) -> None:
             store.close()
 
 
-def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+def _process_setup(settings: Settings) -> None:
+    """What every serving process sets before it loads anything."""
     logging.getLogger("app").setLevel(settings.log_level)
     # faiss announces at INFO which CPU build it loaded, on every start.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    import uvicorn
-
-    from app.main import create_app
-
-    preflight(settings)
     large_allocations_from_mmap()
     # The batcher thread, the decoding threads and the event loop take turns on the GIL;
     # a thread that has finished C work (a forward pass, a decode) waits up to one switch
@@ -78,6 +81,44 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) ->
     import torch
 
     torch.set_num_threads(settings.torch_threads)
+
+
+def worker_app() -> Any:
+    """The app of one ``--workers`` process (uvicorn's factory; settings from the env)."""
+    from app.config import load_settings
+    from app.main import create_app
+
+    settings = load_settings()
+    _process_setup(settings)
+    return create_app(settings)
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    # loop/http "auto" pick uvloop and httptools (uvicorn[standard]) over asyncio and h11:
+    # less CPU per request on the event loop, which is what the HTTP floor measures.
+    # The access log is off unless asked for: a formatted line per request costs the
+    # event loop time, and cbmir_http_requests already counts every request.
+    return {"log_level": settings.log_level.lower(), "timeout_graceful_shutdown": 30,
+            "server_header": False, "access_log": settings.access_log, "loop": "auto",
+            "http": "auto"}
+
+
+def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+               workers: int = 1) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    if workers < 1:
+        raise ValueError("--workers must be at least 1")
+    if workers > 1 and not settings.shared_backend:
+        raise ValueError("--workers N needs CBMIR_DATABASE_URL: the embedded backend's "
+                         "index lives in one process and its data dir takes one writer")
+    preflight(settings)
+    if workers > 1:
+        _run_workers(settings, host, port, workers)
+        return
+    _process_setup(settings)
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -87,17 +128,9 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) ->
             server.should_exit = True
 
     app = create_app(settings, on_fatal=on_fatal)
-    # loop/http "auto" pick uvloop and httptools (uvicorn[standard]) over asyncio and h11:
-    # less CPU per request on the event loop, which is what the HTTP floor measures.
-    # The access log is off unless asked for: a formatted line per request costs the
-    # event loop time, and cbmir_http_requests already counts every request.
-    config = uvicorn.Config(
-        app, host=host, port=port, workers=1, log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30, server_header=False, access_log=settings.access_log,
-        loop="auto", http="auto",
-    )
+    config = uvicorn.Config(app, host=host, port=port, workers=1, **_uvicorn_options(settings))
     server = uvicorn.Server(config)
-    log.info("serving on http://%s:%d (data in %s)", host, port, settings.data_dir)
+    log.info("serving on http://%s:%d (data in %s)", host, port, _where(settings))
     # Uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the process
     # dies "by signal". A stop on SIGTERM is the normal end of a service: exit 0 instead.
     in_main = threading.current_thread() is threading.main_thread()
@@ -109,3 +142,26 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000) ->
             signal.signal(signal.SIGTERM, previous)
     if fatal:
         raise ValueError(fatal[0])
+
+
+def _run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    """N independent processes on one listening socket (uvicorn's supervisor), each with
+    its own model, batcher and connection pool, all against the one database. A worker
+    that fails to load answers 503 ``failed`` on ``/health``; the supervisor restarts
+    workers that die."""
+    import uvicorn
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    config = uvicorn.Config("app.server:worker_app", factory=True, host=host, port=port,
+                            workers=workers, **_uvicorn_options(settings))
+    log.info("serving on http://%s:%d with %d workers (data in %s)", host, port, workers,
+             _where(settings))
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+def _where(settings: Settings) -> str:
+    if settings.database_url is None:
+        return str(settings.data_dir)
+    from app.service.pg.db import redact
+
+    return redact(settings.database_url.get_secret_value())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 MIB = 2**20
@@ -266,3 +267,15 @@ def render(results: dict[str, Any]) -> str:
         lines += ["## Sections that failed", "", *[f"- {k}: `{v}`" for k, v in errors.items()],
                   ""]
     return "\n".join(lines)
+
+
+PG_BEGIN, PG_END = "<!-- pg-scale:begin -->", "<!-- pg-scale:end -->"
+
+
+def keep_pg_section(text: str, old: Path) -> str:
+    """``text`` with the PostgreSQL section of ``old`` (``make bench-scale``) kept at its end."""
+    prev = old.read_text() if old.is_file() else ""
+    if PG_BEGIN not in prev or PG_END not in prev:
+        return text
+    block = prev[prev.index(PG_BEGIN) : prev.index(PG_END) + len(PG_END)]
+    return text.rstrip("\n") + "\n\n" + block + "\n"

@@ -41,6 +41,8 @@ _KINDS = ("flat", "ivf", "hnsw")
 class FaissIndex:
     """Labelled inner-product index; thread-safe (shared search, exclusive writes)."""
 
+    backend = "faiss"
+
     def __init__(
         self,
         dim: int,

@@ -191,3 +191,28 @@ def single_omp_thread() -> Iterator[None]:
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+# -- PostgreSQL (tests/pgserver.py) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One PostgreSQL server for the session (embedded, or CBMIR_TEST_DATABASE_URL)."""
+    from pgserver import EXTERNAL_URL, PgCluster, missing
+
+    why = missing()
+    if why:
+        pytest.skip(why)
+    cluster = PgCluster(EXTERNAL_URL)
+    yield cluster
+    cluster.close()
+
+
+_DB_SEQ = iter(range(10**6))
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """A fresh, empty database with pgvector, for this test only."""
+    return str(pg_cluster.create_database(f"cbmir_test_{next(_DB_SEQ)}"))

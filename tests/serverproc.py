@@ -56,8 +56,10 @@ class ServerProc:
         self.starts = 0
         self.start_seconds = 0.0  # spent waiting for /health, all starts together
 
-    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> ServerProc:
-        """Start (again); ``env`` adds to the environment for this start only."""
+    def start(self, wait: bool = True, env: dict[str, str] | None = None,
+              args: tuple[str, ...] = ()) -> ServerProc:
+        """Start (again); ``env`` adds to the environment, ``args`` to the command line,
+        for this start only."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -65,7 +67,7 @@ class ServerProc:
         log.write(f"\n=== start {self.starts + 1} on port {port} ===\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [CBMIR, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [CBMIR, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()  # the child holds its own descriptor

@@ -26,7 +26,7 @@ class ModelInfo(BaseModel):
 
 
 class IndexInfo(BaseModel):
-    backend: Literal["faiss"] = "faiss"
+    backend: Literal["faiss", "pgvector"] = "faiss"
     size: int
     type: str
 

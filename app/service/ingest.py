@@ -27,16 +27,15 @@ from dataclasses import dataclass, field
 import anyio
 import numpy as np
 
+from app.service.backend import ItemStore, ServiceIndex, Snapshots
 from app.service.batcher import MicroBatcher
 from app.service.decoding import Decoder
 from app.service.errors import NotYetSearchable, StorageFull
 from app.service.faults import NO_FAULTS, Faults
 from app.service.metrics import Metrics
 from app.service.ood import OodGate, Verdict
-from app.service.snapshots import Snapshotter
-from app.service.store import Item, LabelSource, NewItem, Store
+from app.service.store import Item, LabelSource, NewItem
 from app.service.uploads import Prepared, Upload, _describe, prepare_uploads
-from index import FaissIndex
 from models.embed import Embedder, Embedding
 
 log = logging.getLogger(__name__)
@@ -56,10 +55,10 @@ class Ingested:
 @dataclass
 class Ingester:
     embedder: Embedder
-    store: Store
-    index: FaissIndex
+    store: ItemStore
+    index: ServiceIndex
     batcher: MicroBatcher
-    snapshotter: Snapshotter
+    snapshotter: Snapshots
     metrics: Metrics
     write_lock: threading.Lock
     ood: OodGate

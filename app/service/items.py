@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.service.backend import ItemStore, ServiceIndex, Snapshots
 from app.service.errors import InvalidInput, NotFound
-from app.service.snapshots import Snapshotter
-from app.service.store import Item, Store
-from index import FaissIndex
+from app.service.store import Item
 from models.imaging.decode import decode_image
 from models.imaging.render import render_png
 
@@ -21,9 +20,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Items:
-    store: Store
-    index: FaissIndex
-    snapshotter: Snapshotter
+    store: ItemStore
+    index: ServiceIndex
+    snapshotter: Snapshots
     write_lock: threading.Lock
 
     def get(self, item_id: int) -> Item:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.config import Settings
+from app.service.backend import ItemStore, ServiceIndex, Snapshots
 from app.service.batcher import MicroBatcher
 from app.service.decoding import MB, DecodeGate, Decoder, pixel_cap_for
 from app.service.faults import NO_FAULTS, Faults
@@ -27,11 +28,10 @@ from app.service.metrics import Metrics
 from app.service.ood import OodGate
 from app.service.search import Scope, Searcher, SearchOutcome
 from app.service.similar import similar
-from app.service.snapshots import Snapshotter, open_index
+from app.service.snapshots import NoSnapshots, Snapshotter, open_index
 from app.service.store import Item, ItemFilter, Store
 from app.service.thumbnails import Thumbnail, Thumbnails
 from app.service.uploads import Upload, render_upload
-from index import FaissIndex
 from models.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,10 @@ log = logging.getLogger(__name__)
 class Retriever:
     settings: Settings
     embedder: Embedder
-    store: Store
-    index: FaissIndex
+    store: ItemStore
+    index: ServiceIndex
     batcher: MicroBatcher
-    snapshotter: Snapshotter
+    snapshotter: Snapshots
     metrics: Metrics
     ood: OodGate
     lock: DataDirLock | None = None
@@ -71,25 +71,41 @@ class Retriever:
 
     @classmethod
     def open(cls, settings: Settings, metrics: Metrics | None = None) -> Retriever:
-        """Lock the data dir, load the model, check it against the store, open the index."""
+        """Load the model, open the backend (embedded: lock the data dir, open SQLite,
+        load and reconcile the FAISS snapshot; shared: connect to PostgreSQL, create or
+        migrate its schema) and check the model against the stored vectors."""
         metrics = metrics or Metrics()
-        lock = DataDirLock(settings.data_dir).acquire()
-        store: Store | None = None
+        # The data-dir lock keeps a second process off SQLite and the FAISS snapshot; the
+        # shared backend has neither, and any number of replicas may run against it.
+        lock = None if settings.shared_backend else DataDirLock(settings.data_dir).acquire()
+        store: ItemStore | None = None
         try:
             embedder = Embedder.load(settings.model_dir, settings.device)
             cfg = embedder.config
             ood = OodGate.open(settings.model_dir, cfg, settings.ood_policy)
             faults = Faults.parse(settings.test_faults)
-            store = Store(settings.data_dir, faults)
-            store.check_model(cfg.fingerprint, cfg.embedding_dim, cfg.name)
-            store.clean_orphans()
-            index, dirty = open_index(store, settings, cfg.embedding_dim, cfg.fingerprint)
+            index: ServiceIndex
+            snapshotter: Snapshots
+            if settings.shared_backend:
+                from app.service.pg import open_backend
+
+                store, index = open_backend(settings, cfg.embedding_dim, cfg.class_names,
+                                            cfg.fingerprint, cfg.name)
+                snapshotter = NoSnapshots()
+            else:
+                sqlite = Store(settings.data_dir, faults)
+                store = sqlite
+                sqlite.check_model(cfg.fingerprint, cfg.embedding_dim, cfg.name)
+                sqlite.clean_orphans()
+                faiss_index, dirty = open_index(sqlite, settings, cfg.embedding_dim,
+                                                cfg.fingerprint)
+                index = faiss_index
+                snapshotter = Snapshotter(
+                    faiss_index, sqlite, settings.index_dir, cfg.fingerprint,
+                    every=settings.snapshot_every, seconds=settings.snapshot_seconds,
+                    dirty=dirty, faults=faults, on_failure=metrics.snapshot_failures.inc,
+                )
             write_lock = threading.Lock()
-            snapshotter = Snapshotter(
-                index, store, settings.index_dir, cfg.fingerprint,
-                every=settings.snapshot_every, seconds=settings.snapshot_seconds, dirty=dirty,
-                faults=faults, on_failure=metrics.snapshot_failures.inc,
-            )
             batcher = MicroBatcher(
                 embedder.embed_prepared, max_batch=settings.batch_max_size,
                 wait_ms=settings.batch_wait_ms, max_queue=settings.max_queue,
@@ -99,7 +115,8 @@ class Retriever:
         except BaseException:
             if store is not None:
                 store.close()
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
         metrics.track(lambda: len(index), lambda: batcher.pending,
                       snapshot_age=lambda: snapshotter.state.age_s)
@@ -126,6 +143,8 @@ class Retriever:
         degraded = [reason for reason, bad in (
             ("the model's worker thread is not running or is stuck", not batcher.healthy),
             ("the last index snapshot failed", snap.last_error is not None),
+            ("the database is unreachable (requests that need it answer 503)",
+             not getattr(self.index, "reachable", True)),
         ) if bad]
         return {
             "status": "degraded" if degraded else "ok",
@@ -133,7 +152,7 @@ class Retriever:
             "model": {"name": cfg.name, "classes": cfg.class_names,
                       "device": str(self.embedder.device), "embedding_dim": cfg.embedding_dim,
                       "ood": self.ood.info()},
-            "index": {"backend": "faiss", "size": len(self.index),
+            "index": {"backend": self.index.backend, "size": len(self.index),
                       "type": self.index.index_type},
             "batcher": {"alive": batcher.alive, "restarts": batcher.restarts,
                         "queued_images": batcher.pending},

@@ -15,14 +15,14 @@ import faiss
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from app.service.backend import ItemStore, ServiceIndex
 from app.service.batcher import MicroBatcher
 from app.service.decoding import Decoder
 from app.service.errors import InvalidInput
 from app.service.metrics import Metrics
 from app.service.ood import UNCHECKED, OodGate, Verdict
-from app.service.store import LabelSource, Store
+from app.service.store import LabelSource
 from app.service.uploads import prepare_query
-from index import FaissIndex
 from models.embed import Embedder, Embedding
 
 Scope = Literal["predicted", "all", "label"]
@@ -51,8 +51,8 @@ class SearchOutcome:
 @dataclass
 class Searcher:
     embedder: Embedder
-    store: Store
-    index: FaissIndex
+    store: ItemStore
+    index: ServiceIndex
     batcher: MicroBatcher
     metrics: Metrics
     ood: OodGate

@@ -186,6 +186,23 @@ class Snapshotter:
             log.exception("final index snapshot failed; it will be rebuilt at next start")
 
 
+class NoSnapshots:
+    """The snapshot policy where the database is the index: nothing to save, ever."""
+
+    @property
+    def state(self) -> SnapshotState:
+        return SnapshotState(time.time())
+
+    def note_writes(self, n: int) -> None:
+        pass
+
+    def snapshot(self, *, force: bool = False) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 def _published_at(directory: Path) -> float:
     """When the published snapshot was written (its sidecar's mtime), else now."""
     try:
