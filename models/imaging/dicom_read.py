@@ -25,9 +25,12 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
+from models.imaging import dicom_codecs
 from models.imaging.errors import CorruptImageError, UnsupportedTransferSyntaxError
 
 log = logging.getLogger(__name__)
+
+dicom_codecs.register()  # JPEG Lossless and 12-bit JPEG through imagecodecs (libjpeg-turbo)
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -89,11 +92,11 @@ def decoder_for(ts: UID, ds: Dataset) -> Decoder:
     if (
         ts == JPEGExtended12Bit
         and int(ds.get("BitsStored") or 8) != 8
-        and "pylibjpeg" not in decoder.available_plugins
+        and not {"pylibjpeg", dicom_codecs.LABEL} & set(decoder.available_plugins)
     ):
-        # Only pylibjpeg-libjpeg decodes 12-bit JPEG (pydicom's Pillow and GDCM plugins
-        # refuse it); without this check the failure would look like a corrupt file (422)
-        # instead of a limitation of this installation (415).
+        # Only pylibjpeg-libjpeg and imagecodecs decode 12-bit JPEG (pydicom's Pillow and
+        # GDCM plugins refuse it); without this check the failure would look like a corrupt
+        # file (422) instead of a limitation of this installation (415).
         raise cannot_decode(ts, " with 12-bit samples")
     return decoder
 
