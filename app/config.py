@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # team then spins waiting for a core that is busy elsewhere (bench/RESULTS.md: same
     # throughput at 16 clients for 25-45 % less CPU per request, p99 at 1 client 3x lower).
     torch_threads: int = Field(1, ge=1, le=256)
+    # The archive (issue 12): the DICOMweb base given out in wado_url, a viewer URL
+    # template ({study_uid}, {series_uid}, {sop_uid}), and what is kept of DICOM uploads.
+    dicomweb_url: str | None = None
+    viewer_url_template: str | None = None
+    store_originals: Literal["deidentified", "original", "none"] = "deidentified"
     # Test only, never set in production: fault points to arm, "point:action,..." (see
     # app.service.faults). Empty by default: nothing is armed.
     test_faults: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -86,6 +91,30 @@ class Settings(BaseSettings):
     def _known_faults(cls, v: list[str]) -> list[str]:
         Faults.parse(v)  # an unknown point or action is refused at start
         return v
+
+    @field_validator("dicomweb_url", "viewer_url_template", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/") if v else v
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        from app.service.links import check_template
+
+        return check_template(v) if v else v
+
+    @field_validator("store_originals", mode="before")
+    @classmethod
+    def _lower_store(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("log_level", mode="before")
     @classmethod

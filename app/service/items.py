@@ -11,7 +11,7 @@ import numpy as np
 
 from app.service.errors import InvalidInput, NotFound
 from app.service.snapshots import Snapshotter
-from app.service.store import Item, Store
+from app.service.store import Item, ItemFilter, Store
 from index import FaissIndex
 from models.imaging.decode import decode_image
 from models.imaging.render import render_png
@@ -54,6 +54,22 @@ class Items:
             self.store.unlink_original(item.sha256)
         self.snapshotter.note_writes(1)
         log.info("deleted image %d", item_id)
+
+    def delete_where(self, filt: ItemFilter) -> list[int]:
+        """A study or a series: rows deleted in one commit → the index → the originals."""
+        if filt.study_uid is None and filt.series_uid is None:
+            raise InvalidInput("name a study_uid or a series_uid to delete")
+        with self.write_lock:
+            items = self.store.delete_where(filt)
+            ids = [it.id for it in items]
+            if ids:
+                self.index.remove(ids)
+            for it in items:
+                self.store.unlink_original(it.sha256)
+        self.snapshotter.note_writes(len(ids))
+        log.info("deleted %d image(s) of %s", len(ids),
+                 "series" if filt.series_uid is not None else "study")
+        return ids
 
     def relabel(self, item_id: int, label: str, classes: list[str]) -> Item:
         """A curated label (source ``given``): SQLite first (committed, logged for the

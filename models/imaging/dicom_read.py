@@ -118,7 +118,15 @@ def decode_frame(decoder: Decoder, ds: Dataset, index: int) -> tuple[np.ndarray,
     return decoder.as_array(ds, index=index)
 
 
-def header_metadata(ds: Dataset, ts: UID, frames: int) -> dict[str, str | int | float]:
+def _integer(value: Any) -> int | None:
+    """An IS value as an int (None when absent or malformed)."""
+    try:
+        return int(str(value).strip()) if value is not None and str(value).strip() else None
+    except ValueError:
+        return None
+
+
+def header_metadata(ds: Dataset, ts: UID, frames: int) -> dict[str, str | int | float | None]:
     # Whitelist only: patient and operator fields are never touched.
     return {
         "modality": clean(ds.get("Modality")),
@@ -126,6 +134,9 @@ def header_metadata(ds: Dataset, ts: UID, frames: int) -> dict[str, str | int | 
         "study_instance_uid": clean_uid(ds.get("StudyInstanceUID")),
         "series_instance_uid": clean_uid(ds.get("SeriesInstanceUID")),
         "sop_instance_uid": clean_uid(ds.get("SOPInstanceUID")),
+        "series_description": clean(ds.get("SeriesDescription")),
+        "instance_number": _integer(ds.get("InstanceNumber")),
+        "frame": frames // 2 + 1 if frames > 1 else 1,  # 1-based: the one decoded
         "photometric": clean(ds.get("PhotometricInterpretation")),
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),
