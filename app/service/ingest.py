@@ -36,6 +36,7 @@ from app.service.errors import NotYetSearchable, StorageFull
 from app.service.faults import NO_FAULTS, Faults
 from app.service.metrics import Metrics
 from app.service.ood import OodGate, Verdict
+from app.service.originals import Policy, kept
 from app.service.snapshots import Snapshotter
 from app.service.store import Item, LabelSource, NewItem, Store, StoredAs
 from app.service.uploads import Key, Prepared, Upload, _describe, prepare_uploads
@@ -68,6 +69,7 @@ class Ingester:
     ood: OodGate
     decoder: Decoder
     faults: Faults = NO_FAULTS
+    originals: Policy = "deidentified"  # CBMIR_STORE_ORIGINALS (app.service.originals)
     _limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
 
     @property
@@ -96,7 +98,7 @@ class Ingester:
 
     def stored_bytes(self, p: Prepared) -> tuple[bytes, StoredAs]:
         """What is kept of an upload as its original (see :mod:`app.service.originals`)."""
-        return p.upload.data, "original"
+        return kept(p, self.originals)
 
     async def ingest(self, uploads: list[Upload]) -> list[Ingested]:
         # One worker-thread trip for decode, forward pass and commit (see Searcher.search).
@@ -107,11 +109,14 @@ class Ingester:
     def ingest_sync(self, uploads: list[Upload]) -> list[Ingested]:
         """The same steps as :meth:`ingest`, for bulk indexing and demo seeding."""
         prepared, todo = self._timed_prepare(uploads)
+        # Before the write lock: de-identification costs a few ms a file.
+        stored = {p.key: self.stored_bytes(p) for p in todo}
         emb = self.batcher.embed_sync(np.stack([p.array for p in todo])) if todo else None
-        return self._commit(prepared, todo, emb)
+        return self._commit(prepared, todo, emb, stored)
 
     def _commit(
-        self, prepared: list[Prepared], todo: list[Prepared], emb: Embedding | None
+        self, prepared: list[Prepared], todo: list[Prepared], emb: Embedding | None,
+        stored: dict[Key, tuple[bytes, StoredAs]],
     ) -> list[Ingested]:
         pos = {p.key: i for i, p in enumerate(todo)}
         with self.metrics.stage.labels("ood").time():
@@ -139,7 +144,7 @@ class Ingester:
                     self.ood.refuse(verdict, _describe(n, p.upload.filename))
                 label = p.upload.label or self.classes[int(np.argmax(probs))]
                 source: LabelSource = "given" if p.upload.label else "predicted"
-                data, stored_as = self.stored_bytes(p)
+                data, stored_as = stored.get(p.key) or self.stored_bytes(p)
                 new[p.key] = NewItem(
                     p.sha256, data, label, source,
                     p.content_type, p.format, p.metadata, vector, verdict.in_distribution,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,12 +66,28 @@ class Retriever:
                                s.decode_pixel_cap or pixel_cap_for(self.embedder.config))
         self.ingester = Ingester(self.embedder, self.store, self.index, self.batcher,
                                  self.snapshotter, self.metrics, self.write_lock, self.ood,
-                                 self.decoder, self.faults)
+                                 self.decoder, self.faults, s.store_originals)
         self.searcher = Searcher(self.embedder, self.store, self.index, self.batcher,
                                  self.metrics, self.ood, self.decoder)
         self.metrics.track_decode(self.decoder.gate.usage)
-        self.items = Items(self.store, self.index, self.snapshotter, self.write_lock)
+        self.items = Items(self.store, self.index, self.snapshotter, self.write_lock,
+                           self.links, self._archive_fetcher())
         self.thumbnails = Thumbnails(self.items)
+
+    def _archive_fetcher(self) -> Callable[[str], bytes] | None:
+        """WADO-RS fetches from CBMIR_DICOMWEB_URL (for ``?original=true`` under
+        ``CBMIR_STORE_ORIGINALS=none``); None without an archive."""
+        base = self.settings.dicomweb_url
+        if base is None:
+            return None
+
+        def fetch(url: str) -> bytes:
+            from app.service.dicomweb import DicomWebClient
+
+            with DicomWebClient(base) as client:
+                return client.fetch(url)
+
+        return fetch
 
     @classmethod
     def open(cls, settings: Settings, metrics: Metrics | None = None) -> Retriever:
