@@ -10,10 +10,15 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.ood import DEFAULT_METHOD, METHODS
+
+if TYPE_CHECKING:
+    from app.service.sinks import Sink
 
 log = logging.getLogger("cbmir")
 
@@ -26,6 +31,8 @@ def _setup_logging(verbose: bool) -> None:
     )
     # faiss logs its CPU-feature probing at INFO on import; users need none of it.
     logging.getLogger("faiss").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: an archive walk would print thousands of lines.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -114,12 +121,56 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def open_sink(to: str | None) -> Sink:
+    """A running service (``--to``, key from CBMIR_API_KEY) or CBMIR_DATA_DIR itself."""
+    from app.config import ClientSettings, load_settings
+    from app.service.retriever import Retriever
+    from app.service.sinks import LocalSink, RemoteSink
+
+    if to:
+        return RemoteSink(to, ClientSettings().key)
+    return LocalSink(Retriever.open(load_settings()))
+
+
+@contextmanager
+def _archive_errors() -> Iterator[None]:
+    """The archive's and the destination's failures as one-line CLI errors."""
+    from app.service.dicomweb import ArchiveError
+    from app.service.sinks import SinkError
+
+    try:
+        yield
+    except (ArchiveError, SinkError) as e:
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
 def cmd_index(a: argparse.Namespace) -> int:
+    if a.dicomweb:
+        return _index_dicomweb(a)
+    if a.folder is None:
+        raise ValueError("name a folder, or an archive with --dicomweb URL")
     from app.config import load_settings
     from app.service.bulk import index_folder
 
     summary = index_folder(Path(a.folder), load_settings(), progress=not a.no_progress)
     sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+def _index_dicomweb(a: argparse.Namespace) -> int:
+    from app.service.dicomweb import DicomWebClient
+    from app.service.pacs_import import import_dicomweb
+
+    if a.folder is not None:
+        raise ValueError("name a folder or --dicomweb, not both")
+    with _archive_errors(), DicomWebClient(a.dicomweb) as client:
+        sink = open_sink(a.to)
+        try:
+            counts = import_dicomweb(client, sink, studies=a.study, modalities=a.modality,
+                                     concurrency=a.concurrency, progress=not a.no_progress)
+        finally:
+            sink.close()
+    sys.stdout.write(json.dumps(counts.summary()) + "\n")
     return 0
 
 
@@ -129,6 +180,16 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     run_server(load_settings(), host=a.host, port=a.port)
     return 0
+
+
+def _concurrency(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 4:
+        raise argparse.ArgumentTypeError("expected 1 to 4")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,9 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true")
     o.set_defaults(func=cmd_evaluate_ood)
 
-    i = sub.add_parser("index", help="bulk-add a folder of images to the service's data dir")
-    i.add_argument("folder", type=Path,
+    i = sub.add_parser("index", help="bulk-add a folder of images, or an archive's DICOM "
+                       "(--dicomweb), to the service's data dir or to a running service")
+    i.add_argument("folder", type=Path, nargs="?",
                    help="class sub-folders (label = folder name) or flat (label predicted)")
+    i.add_argument("--dicomweb", metavar="URL",
+                   help="import from this DICOMweb root (QIDO-RS walk, WADO-RS retrieve)")
+    i.add_argument("--study", action="append", default=[], metavar="UID",
+                   help="only this study (repeatable); default: every study")
+    i.add_argument("--modality", action="append", default=[], metavar="CT",
+                   help="only series of this modality (repeatable)")
+    i.add_argument("--to", metavar="SERVICE_URL",
+                   help="send to a running service (key from CBMIR_API_KEY) instead of "
+                   "writing CBMIR_DATA_DIR")
+    i.add_argument("--concurrency", type=_concurrency, default=3,
+                   help="WADO-RS requests in flight, 1-4 (default 3)")
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(func=cmd_index)
 

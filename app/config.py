@@ -135,6 +135,23 @@ class Settings(BaseSettings):
         return self.data_dir / "index"
 
 
+class ClientSettings(BaseSettings):
+    """What the archive commands need when they send to a running service (``--to``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    api_key: SecretStr | None = None
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, v: Any) -> Any:
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
+
+    @property
+    def key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+
 def _one_line(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = err["loc"][0] if err["loc"] else ""

@@ -361,6 +361,12 @@ class Store:
         wanted = set(keys)
         return {k: v for k, v in found.items() if k in wanted}
 
+    def sops_of_series(self, series_uid: str) -> set[str]:
+        rows = self._reader().execute(
+            "SELECT sop_uid FROM items WHERE series_uid = ? AND sop_uid IS NOT NULL",
+            (series_uid,)).fetchall()
+        return {r[0] for r in rows}
+
     def vectors(
         self, dim: int, ids: np.ndarray | None = None, chunk: int = 4096
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
