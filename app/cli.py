@@ -164,6 +164,7 @@ def _index_dicomweb(a: argparse.Namespace) -> int:
     if a.folder is not None:
         raise ValueError("name a folder or --dicomweb, not both")
     with _archive_errors(), DicomWebClient(a.dicomweb) as client:
+        client.check()  # an unreachable archive fails before the model loads
         sink = open_sink(a.to)
         try:
             counts = import_dicomweb(client, sink, studies=a.study, modalities=a.modality,

@@ -101,3 +101,13 @@ def edited_header(data: bytes, **changes: object) -> bytes:
     for k, v in changes.items():
         setattr(ds, k, v)
     return to_bytes(ds)
+
+
+def with_syntax(data: bytes, ts: str) -> bytes:
+    """Re-label an instance as encapsulated in ``ts`` (payload not valid for it): what an
+    archive stores happily and this service cannot decode."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = UID(ts)
+    ds.PixelData = encapsulate([b"\x00" * 64])
+    ds["PixelData"].VR = "OB"
+    return to_bytes(ds)

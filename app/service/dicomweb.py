@@ -132,6 +132,18 @@ class DicomWebClient:
                 return
             offset += len(page)
 
+    def check(self) -> None:
+        """Answers a QIDO-RS search at all (before anything is loaded for an import)."""
+        r = self._get("/studies", {"limit": 1})
+        if r.status_code == 200:
+            try:
+                ok = isinstance(r.json(), list)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ArchiveError(f"malformed QIDO-RS answer from {self.base}/studies: "
+                                   "not a JSON list")
+
     def studies(self, modalities: list[str] | None = None) -> Iterator[str]:
         params = {"ModalitiesInStudy": ",".join(modalities)} if modalities else None
         for entry in self.search("/studies", params):
