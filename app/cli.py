@@ -175,6 +175,33 @@ def _index_dicomweb(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_follow(a: argparse.Namespace) -> int:
+    import hashlib
+    import signal
+    import threading
+
+    from app.config import ClientSettings
+    from app.service.follow import OrthancFollower, probe_orthanc
+
+    url = a.orthanc.rstrip("/")
+    state = a.state or (ClientSettings().data_dir / "follow"
+                        / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.json")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with _archive_errors():
+        probe_orthanc(url)  # an unreachable archive fails before the model loads
+        follower = OrthancFollower(url, open_sink(a.to), Path(state),
+                                   dicomweb_root=a.dicomweb_root,
+                                   reconcile_s=a.reconcile_seconds, poll_s=a.poll_seconds)
+        try:
+            log.info("following %s from change %d (state %s)", url, follower.state.last, state)
+            counts = follower.run(stop, once=a.once)
+        finally:
+            follower.close()
+    sys.stdout.write(json.dumps(vars(counts)) + "\n")
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from app.config import load_settings
     from app.server import run_server
@@ -288,6 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WADO-RS requests in flight, 1-4 (default 3)")
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(func=cmd_index)
+
+    f = sub.add_parser("follow", help="ingest each series an Orthanc makes stable "
+                       "(polls /changes; restart-safe; reconciles deletions)")
+    f.add_argument("--orthanc", required=True, metavar="URL", help="Orthanc's REST root")
+    f.add_argument("--to", metavar="SERVICE_URL",
+                   help="send to a running service (key from CBMIR_API_KEY) instead of "
+                   "writing CBMIR_DATA_DIR")
+    f.add_argument("--state", type=Path, help="the cursor file (default: "
+                   "CBMIR_DATA_DIR/follow/<hash of the URL>.json)")
+    f.add_argument("--dicomweb-root", default="/dicom-web",
+                   help="where the archive's DICOMweb plugin answers, for wado_url")
+    f.add_argument("--poll-seconds", type=float, default=1.0)
+    f.add_argument("--reconcile-seconds", type=float, default=300.0,
+                   help="how often deleted studies are looked for")
+    f.add_argument("--once", action="store_true",
+                   help="handle every change so far, reconcile once, exit")
+    f.set_defaults(func=cmd_follow)
 
     s = sub.add_parser("serve", help="run the REST service")
     s.add_argument("--host", default="127.0.0.1")

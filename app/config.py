@@ -141,6 +141,7 @@ class ClientSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     api_key: SecretStr | None = None
+    data_dir: Path = Path("./var")  # where `cbmir follow` keeps its state by default
 
     @field_validator("api_key", mode="before")
     @classmethod
