@@ -202,6 +202,36 @@ def cmd_follow(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_listen(a: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from app.config import ClientSettings
+    from app.service.listen import SYNTAXES, Spool, StoreScp
+
+    if a.list_syntaxes:
+        sys.stdout.write("\n".join(SYNTAXES) + "\n")
+        return 0
+    if not a.aet or len(a.aet) > 16 or not a.aet.isascii() or "\\" in a.aet:
+        raise ValueError("--aet must be 1 to 16 ASCII characters")
+    cs = ClientSettings()
+    spool = Spool(a.spool or cs.data_dir / "spool")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with _archive_errors():
+        sink = open_sink(a.to)
+        scp = StoreScp(a.aet, a.host, a.port, spool, sink, dicomweb_url=cs.dicomweb_url)
+        try:
+            scp.start()
+            stop.wait()
+        finally:
+            scp.stop()
+            sink.close()
+    sys.stdout.write(json.dumps(vars(scp.counts)) + "\n")
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from app.config import load_settings
     from app.server import run_server
@@ -332,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--once", action="store_true",
                    help="handle every change so far, reconcile once, exit")
     f.set_defaults(func=cmd_follow)
+
+    ls = sub.add_parser("listen", help="a DICOM C-STORE SCP: receive pushes, spool them, "
+                        "ingest them (answers C-ECHO)")
+    ls.add_argument("--aet", default="CBMIR", help="this node's AE title (default CBMIR)")
+    ls.add_argument("--port", type=int, default=11112)
+    ls.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    ls.add_argument("--to", metavar="SERVICE_URL",
+                    help="send to a running service (key from CBMIR_API_KEY) instead of "
+                    "writing CBMIR_DATA_DIR")
+    ls.add_argument("--spool", type=Path, help="received files until ingested (default: "
+                    "CBMIR_DATA_DIR/spool)")
+    ls.add_argument("--list-syntaxes", action="store_true",
+                    help="print the transfer syntaxes accepted, and exit")
+    ls.set_defaults(func=cmd_listen)
 
     s = sub.add_parser("serve", help="run the REST service")
     s.add_argument("--host", default="127.0.0.1")

@@ -141,7 +141,8 @@ class ClientSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     api_key: SecretStr | None = None
-    data_dir: Path = Path("./var")  # where `cbmir follow` keeps its state by default
+    data_dir: Path = Path("./var")  # where `cbmir follow` and `listen` keep state by default
+    dicomweb_url: str | None = None  # `cbmir listen`: the wado_url base of pushed instances
 
     @field_validator("api_key", mode="before")
     @classmethod
