@@ -33,6 +33,8 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("faiss").setLevel(logging.WARNING)
     # httpx logs every request at INFO: an archive walk would print thousands of lines.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # pynetdicom: several INFO lines per association (cbmir listen logs its own).
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def cmd_train(a: argparse.Namespace) -> int:

@@ -103,29 +103,38 @@ def import_dicomweb(
     log.info("%d instance(s) found, %d already stored, %d to fetch", counts.instances,
              counts.already_stored, len(todo))
     batch: list[Upload] = []
+    # Ingestion runs beside the fetches (one batch at a time, one more waiting): the
+    # archive and the model work at once.
+    ingesting: list[Future[list[Outcome]]] = []
 
-    def flush() -> None:
-        if batch:
-            for outcome in sink.ingest(batch):
+    def settle(keep: int) -> None:
+        while len(ingesting) > keep:
+            for outcome in ingesting.pop(0).result():
                 counts.count(outcome)
-            batch.clear()
 
-    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="wado") as pool, tqdm(
-        total=len(todo), disable=not progress, unit="img", desc="importing"
-    ) as bar:
-        window = 4 * max(1, concurrency)  # fetched ahead of ingestion, no more
+    def flush(sink_pool: ThreadPoolExecutor) -> None:
+        if batch:
+            ingesting.append(sink_pool.submit(sink.ingest, list(batch)))
+            batch.clear()
+            settle(1)
+
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="wado") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="ingest") as sink_pool, tqdm(
+                total=len(todo), disable=not progress, unit="img", desc="importing") as bar:
+        window = 2 * BATCH  # fetched ahead of ingestion, no more
         pending: list[Future[Upload | None]] = []
         for ref in todo:
             pending.append(pool.submit(_fetch, client, ref))
             if len(pending) >= window:
                 _take(pending.pop(0), batch, counts, bar)
                 if len(batch) >= BATCH:
-                    flush()
+                    flush(sink_pool)
         for fut in pending:
             _take(fut, batch, counts, bar)
             if len(batch) >= BATCH:
-                flush()
-        flush()
+                flush(sink_pool)
+        flush(sink_pool)
+        settle(0)
     counts.seconds = time.perf_counter() - t0
     return counts
 
