@@ -56,6 +56,13 @@ def decode_cursor(cursor: str) -> int:
     return int(match[1])
 
 
+def _once(request: Request) -> None:
+    """A filter given twice is refused: only one of its values would be used."""
+    for name in request.query_params:
+        if len(request.query_params.getlist(name)) > 1:
+            raise InvalidInput(f"query parameter {name!r} given more than once")
+
+
 def image_item(item: Item, links: Links) -> ImageItem:
     return ImageItem(id=item.id, label=item.label, image_url=f"/images/{item.id}",
                      metadata=item.metadata, label_source=item.label_source,
@@ -100,6 +107,7 @@ async def list_images(
         raise InvalidInput(
             f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(_LIST_PARAMS))}"
         )
+    _once(request)
     if label is not None and label not in retriever.classes:
         raise InvalidInput(f"unknown label {label!r}; known: {', '.join(retriever.classes)}")
     before = decode_cursor(cursor) if cursor is not None else None
@@ -138,6 +146,7 @@ async def delete_images(
     if unknown:
         raise InvalidInput(f"unknown query parameter {unknown[0]!r}; known: series_uid, "
                            "study_uid")
+    _once(request)
     filt = ItemFilter(study_uid=study_uid, series_uid=series_uid)
     return DeletedResponse(deleted=await run_in_threadpool(retriever.delete_where, filt))
 
