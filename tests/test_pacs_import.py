@@ -205,3 +205,26 @@ def test_malformed_qido_answers_are_handled(
             assert err.strip().splitlines()[-1].startswith("cbmir: error: malformed QIDO-RS")
     finally:
         server.shutdown()
+
+
+def test_none_fetches_the_original_from_the_archive(
+    archive: Archive, make_settings: Callable[..., Settings],
+    open_client: Callable[[Settings], TestClient],
+) -> None:
+    """CBMIR_STORE_ORIGINALS=none keeps the rendering; ?original=true asks the archive."""
+    series_uid, (study_uid, slices) = next(iter(archive.series.items()))
+    sop = pydicom.dcmread(io.BytesIO(slices[0])).SOPInstanceUID
+    wado = f"{archive.orthanc.dicomweb}/studies/{study_uid}/series/{series_uid}/instances/{sop}"
+    client = open_client(make_settings(store_originals="none",
+                                       dicomweb_url=archive.orthanc.dicomweb))
+    r = client.post("/index", files={"files": ("a.dcm", slices[0])}, data={"wado_url": [wado]})
+    item_id = r.json()["items"][0]["id"]
+    got = client.get(f"/images/{item_id}?original=true")
+    assert got.status_code == 200 and got.headers["content-type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(got.content)).SOPInstanceUID == sop
+    # Not from an archive: nothing to fetch.
+    r = client.post("/index", files={"files": ("b.dcm", slices[1])})
+    assert client.get(f"/images/{r.json()['items'][0]['id']}?original=true").status_code == 404
+    bad = client.post("/index", files={"files": ("c.dcm", slices[2])},
+                      data={"wado_url": ["not a url"]})
+    assert bad.status_code == 422 and "wado_url" in bad.json()["detail"]
