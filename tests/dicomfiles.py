@@ -111,3 +111,16 @@ def with_syntax(data: bytes, ts: str) -> bytes:
     ds.PixelData = encapsulate([b"\x00" * 64])
     ds["PixelData"].VR = "OB"
     return to_bytes(ds)
+
+
+def htj2k(data: bytes) -> bytes:
+    """The same instance re-encoded as HTJ2K Lossless (1.2.840.10008.1.2.4.201)."""
+    import imagecodecs
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    arr = ds.pixel_array
+    frame = imagecodecs.htj2k_encode(arr)  # lossless by default
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.201")
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    return to_bytes(ds)

@@ -13,7 +13,7 @@ import pytest
 
 from models.imaging.decode import decode_image
 from models.imaging.errors import ImageDecodeError
-from tests.dicomfiles import bundled, ct_slice, jpeg_lossless
+from tests.dicomfiles import bundled, ct_slice, htj2k, jpeg_lossless
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -30,6 +30,11 @@ def test_jpeg_lossless_decodes_like_uncompressed(predictor: int) -> None:
         assert np.array_equal(_pixels(lossless), _pixels(plain))
 
 
+def test_htj2k_lossless_decodes_like_uncompressed() -> None:
+    for plain in (ct_slice("1.2.3", "1.2.3.4", 5), bundled("CT_small.dcm")):
+        assert np.array_equal(_pixels(htj2k(plain)), _pixels(plain))
+
+
 def test_bundled_jpeg_lossless_and_12_bit_files_decode() -> None:
     rgb = decode_image(bundled("SC_rgb_jpeg_gdcm.dcm"))  # JPEG Lossless SV1, RGB
     assert rgb.image.mode == "RGB"
@@ -44,10 +49,15 @@ FUZZ = textwrap.dedent("""
     import numpy as np
     from models.imaging.decode import decode_image
     from models.imaging.errors import ImageDecodeError
-    from tests.dicomfiles import ct_slice, jpeg_lossless
+    from tests.dicomfiles import ct_slice, htj2k, jpeg_lossless
     rng = np.random.default_rng(7)
-    src = jpeg_lossless(ct_slice("1.2.3", "1.2.3.4", 3, size=96), predictor=4)
-    body = src.index(b"\\xff\\xd8")  # the JPEG stream inside the file
+    plain = ct_slice("1.2.3", "1.2.3.4", 3, size=96)
+    if sys.argv[1] == "jpeg":
+        src = jpeg_lossless(plain, predictor=4)
+        body = src.index(b"\\xff\\xd8")  # the JPEG stream inside the file
+    else:
+        src = htj2k(plain)
+        body = src.index(b"\\xff\\x4f\\xff\\x51")  # the J2K codestream
     refused = 0
     for i in range(400):
         b = bytearray(src)
@@ -64,9 +74,10 @@ FUZZ = textwrap.dedent("""
 """)
 
 
-def test_corrupt_jpeg_lossless_never_crashes_the_process() -> None:
+@pytest.mark.parametrize("codec", ["jpeg", "htj2k"])
+def test_corrupt_streams_never_crash_the_process(codec: str) -> None:
     """In a subprocess, so that a crash in native code fails this test, not the run."""
-    out = subprocess.run([sys.executable, "-c", FUZZ], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", FUZZ, codec], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) > 100  # most are refused (422), none crash
