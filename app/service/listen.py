@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 16
 # What models.imaging decodes (uncompressed, deflated, RLE, JPEG incl. lossless and 12-bit,
-# JPEG-LS, JPEG 2000), in pynetdicom's order of preference.
+# JPEG-LS, JPEG 2000, HTJ2K), in pynetdicom's order of preference.
 SYNTAXES = (
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
@@ -49,6 +49,9 @@ SYNTAXES = (
     "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
     "1.2.840.10008.1.2.5",  # RLE Lossless
 )
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
