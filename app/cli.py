@@ -183,7 +183,7 @@ def cmd_follow(a: argparse.Namespace) -> int:
     import threading
 
     from app.config import ClientSettings
-    from app.service.follow import OrthancFollower, probe_orthanc
+    from app.service.follow import FollowState, OrthancFollower, probe_orthanc
 
     url = a.orthanc.rstrip("/")
     state = a.state or (ClientSettings().data_dir / "follow"
@@ -192,6 +192,7 @@ def cmd_follow(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with _archive_errors():
         probe_orthanc(url)  # an unreachable archive fails before the model loads
+        FollowState.load(Path(state), url)  # so does a state file of another archive
         follower = OrthancFollower(url, open_sink(a.to), Path(state),
                                    dicomweb_root=a.dicomweb_root,
                                    reconcile_s=a.reconcile_seconds, poll_s=a.poll_seconds)

@@ -9,8 +9,8 @@ replaced atomically, and the cursor moves past a series only once the sink has
 acknowledged all of its images: killed at any point, a restart resumes at that series,
 and what was already stored comes back as duplicates (by SOP Instance UID), so nothing is
 stored twice. An instance that cannot be fetched or decoded is logged and counted, and
-the cursor moves on; a sink that fails (the service down) stops the run before the cursor
-moves.
+the cursor moves on; when Orthanc or the destination is away, the follower waits and
+tries the same change again (``--once`` stops with the error instead).
 
 Orthanc reports no deletions in ``/changes``, so every ``reconcile_s`` the follower asks
 Orthanc (``POST /tools/lookup``) for each study it ingested, and deletes from the sink
@@ -36,13 +36,14 @@ from urllib.parse import quote
 import httpx
 
 from app.service.dicomweb import ArchiveError
-from app.service.sinks import Outcome, Sink
+from app.service.sinks import Outcome, Sink, SinkError
 from app.service.uploads import Upload
 
 log = logging.getLogger(__name__)
 
 CHANGES_PAGE = 100
 BATCH = 16
+RETRY_S = 5.0  # after the archive or the destination failed
 
 
 @dataclass
@@ -235,12 +236,21 @@ class OrthancFollower:
         """Until ``stop`` is set (or, with ``once``, until no change is left)."""
         stop = stop or threading.Event()
         while not stop.is_set():
-            done = self.step()
-            if once and done:
-                self.reconcile()
-                break
-            if time.monotonic() - self._last_reconcile >= self.reconcile_s:
-                self.reconcile()
+            try:
+                done = self.step()
+                if once and done:
+                    self.reconcile()
+                    break
+                if time.monotonic() - self._last_reconcile >= self.reconcile_s:
+                    self.reconcile()
+            except (ArchiveError, SinkError) as e:
+                if once:
+                    raise
+                # Orthanc or the service away for a while: the cursor has not moved past
+                # anything unacknowledged, so waiting and trying again loses nothing.
+                log.warning("%s; retrying in %.0fs", e, RETRY_S)
+                stop.wait(RETRY_S)
+                continue
             if done:
                 stop.wait(self.poll_s)
         return self.counts
