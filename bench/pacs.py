@@ -54,6 +54,7 @@ def main() -> None:
     orthanc = start_orthanc(root / "orthanc", stable_age_s=1)
     env = server_env(CBMIR_DATA_DIR=str(root / "srv"), CBMIR_API_KEY=KEY)
     out: dict[str, object] = {"n": a.n, "size": a.size}
+    children: list[subprocess.Popen[bytes]] = []  # killed at the end, whatever happens
 
     def series(seed: int, n: int) -> tuple[str, str, list[bytes]]:
         from tests.dicomfiles import ct_slice
@@ -85,6 +86,7 @@ def main() -> None:
                                        server.url, "--state", str(state), "--poll-seconds",
                                        "0.1"], env=env, stdout=(root / "follow.log").open("wb"),
                                       stderr=subprocess.STDOUT)
+            children.append(follow)
             poll(lambda: state.exists(), 60, "the follower to start")
             lat = []
             for i in range(a.latency_runs):
@@ -106,6 +108,7 @@ def main() -> None:
                                        server.url, "--spool", str(root / "spool")], env=env,
                                       stdout=(root / "listen.log").open("wb"),
                                       stderr=subprocess.STDOUT)
+            children.append(listen)
             from pynetdicom import AE
             from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
@@ -135,6 +138,10 @@ def main() -> None:
             out["c_store_accept_img_s"] = round(a.n / sent, 1)
             out["c_store_ingest_img_s"] = round(a.n / total, 1)
     finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(30)
         orthanc.kill()
     print(json.dumps(out, indent=1))
 
