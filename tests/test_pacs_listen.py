@@ -44,6 +44,9 @@ def test_c_store_is_searchable(tiny_model: Path, tmp_path: Path) -> None:
         try:
             poll(lambda: _listening(port), 30, "the SCP to answer C-ECHO")
             ae = AE(ae_title="TESTSCU")
+            # Generous: on a loaded machine (the full suite beside other jobs) one answer
+            # once took longer than pynetdicom's default 30 s.
+            ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 180
             ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
             ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.4.70"])
             assoc = ae.associate("127.0.0.1", port, ae_title="CBMIR")

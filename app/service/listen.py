@@ -123,11 +123,14 @@ class StoreScp:
     # -- the SCP: spool and answer --------------------------------------------------------
 
     def _on_store(self, event: Any) -> int:
+        t0 = time.monotonic()
         try:
             self.spool.put(bytes(event.encoded_dataset(include_meta=True)))
         except OSError as e:
             log.error("could not spool a received instance: %s", e.strerror)
             return OUT_OF_RESOURCES
+        if (took := time.monotonic() - t0) > 1.0:  # the sender waits on this: say why
+            log.warning("spooling one instance took %.1f s (a slow disk?)", took)
         self.counts.received += 1
         self._wake.set()
         return SUCCESS
