@@ -19,18 +19,25 @@ serve: $(STAMP)
 test: $(STAMP) deps-test
 	$(BIN)/python -m pytest
 
-# The browser tests drive Debian's chromium through chromium-driver. Installed here when
-# missing and running as root (CI); elsewhere those tests skip, naming the packages.
+# The browser tests drive Debian's chromium through chromium-driver; the archive tests run
+# a real Orthanc (Debian's orthanc and orthanc-dicomweb). Installed here when missing and
+# running as root (CI); elsewhere those tests skip, naming the packages.
 deps-test:
-	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	@missing=""; \
+	{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } \
+		|| missing="chromium chromium-driver"; \
+	{ command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } \
+		&& test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+		|| missing="$$missing orthanc orthanc-dicomweb"; \
+	if [ -z "$$missing" ]; then \
 		:; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "deps-test: installing chromium and chromium-driver for the browser tests"; \
+		echo "deps-test: installing$$missing for the browser and archive tests"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends chromium chromium-driver >/dev/null; } \
-		|| echo "deps-test: could not install chromium/chromium-driver; the browser tests will skip"; \
+			--no-install-recommends $$missing >/dev/null; } \
+		|| echo "deps-test: could not install$$missing; the tests needing them will skip"; \
 	else \
-		echo "deps-test: chromium and chromium-driver are missing (not root); the browser tests will skip"; \
+		echo "deps-test:$$missing missing (not root); the tests needing them will skip"; \
 	fi
 
 lint: $(STAMP)

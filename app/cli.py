@@ -10,10 +10,15 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.ood import DEFAULT_METHOD, METHODS
+
+if TYPE_CHECKING:
+    from app.service.sinks import Sink
 
 log = logging.getLogger("cbmir")
 
@@ -26,6 +31,10 @@ def _setup_logging(verbose: bool) -> None:
     )
     # faiss logs its CPU-feature probing at INFO on import; users need none of it.
     logging.getLogger("faiss").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: an archive walk would print thousands of lines.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # pynetdicom: several INFO lines per association (cbmir listen logs its own).
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -114,12 +123,115 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def open_sink(to: str | None) -> Sink:
+    """A running service (``--to``, key from CBMIR_API_KEY) or CBMIR_DATA_DIR itself."""
+    from app.config import ClientSettings, load_settings
+    from app.service.retriever import Retriever
+    from app.service.sinks import LocalSink, RemoteSink
+
+    if to:
+        return RemoteSink(to, ClientSettings().key)
+    return LocalSink(Retriever.open(load_settings()))
+
+
+@contextmanager
+def _archive_errors() -> Iterator[None]:
+    """The archive's and the destination's failures as one-line CLI errors."""
+    from app.service.dicomweb import ArchiveError
+    from app.service.sinks import SinkError
+
+    try:
+        yield
+    except (ArchiveError, SinkError) as e:
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
 def cmd_index(a: argparse.Namespace) -> int:
+    if a.dicomweb:
+        return _index_dicomweb(a)
+    if a.folder is None:
+        raise ValueError("name a folder, or an archive with --dicomweb URL")
     from app.config import load_settings
     from app.service.bulk import index_folder
 
     summary = index_folder(Path(a.folder), load_settings(), progress=not a.no_progress)
     sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+def _index_dicomweb(a: argparse.Namespace) -> int:
+    from app.service.dicomweb import DicomWebClient
+    from app.service.pacs_import import import_dicomweb
+
+    if a.folder is not None:
+        raise ValueError("name a folder or --dicomweb, not both")
+    with _archive_errors(), DicomWebClient(a.dicomweb) as client:
+        client.check()  # an unreachable archive fails before the model loads
+        sink = open_sink(a.to)
+        try:
+            counts = import_dicomweb(client, sink, studies=a.study, modalities=a.modality,
+                                     concurrency=a.concurrency, progress=not a.no_progress)
+        finally:
+            sink.close()
+    sys.stdout.write(json.dumps(counts.summary()) + "\n")
+    return 0
+
+
+def cmd_follow(a: argparse.Namespace) -> int:
+    import hashlib
+    import signal
+    import threading
+
+    from app.config import ClientSettings
+    from app.service.follow import FollowState, OrthancFollower, probe_orthanc
+
+    url = a.orthanc.rstrip("/")
+    state = a.state or (ClientSettings().data_dir / "follow"
+                        / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.json")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with _archive_errors():
+        probe_orthanc(url)  # an unreachable archive fails before the model loads
+        FollowState.load(Path(state), url)  # so does a state file of another archive
+        follower = OrthancFollower(url, open_sink(a.to), Path(state),
+                                   dicomweb_root=a.dicomweb_root,
+                                   reconcile_s=a.reconcile_seconds, poll_s=a.poll_seconds)
+        try:
+            log.info("following %s from change %d (state %s)", url, follower.state.last, state)
+            counts = follower.run(stop, once=a.once)
+        finally:
+            follower.close()
+    sys.stdout.write(json.dumps(vars(counts)) + "\n")
+    return 0
+
+
+def cmd_listen(a: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from app.config import ClientSettings
+    from app.service.listen import SYNTAXES, Spool, StoreScp
+
+    if a.list_syntaxes:
+        sys.stdout.write("\n".join(SYNTAXES) + "\n")
+        return 0
+    if not a.aet or len(a.aet) > 16 or not a.aet.isascii() or "\\" in a.aet:
+        raise ValueError("--aet must be 1 to 16 ASCII characters")
+    cs = ClientSettings()
+    spool = Spool(a.spool or cs.data_dir / "spool")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with _archive_errors():
+        sink = open_sink(a.to)
+        scp = StoreScp(a.aet, a.host, a.port, spool, sink, dicomweb_url=cs.dicomweb_url)
+        try:
+            scp.start()
+            stop.wait()
+        finally:
+            scp.stop()
+            sink.close()
+    sys.stdout.write(json.dumps(vars(scp.counts)) + "\n")
     return 0
 
 
@@ -143,6 +255,16 @@ def cmd_migrate(a: argparse.Namespace) -> int:
     summary = migrate(data_dir, a.to, labels=classes, progress=not a.no_progress)
     sys.stdout.write(json.dumps({**summary, "to": redact(a.to)}) + "\n")
     return 0
+
+
+def _concurrency(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 4:
+        raise argparse.ArgumentTypeError("expected 1 to 4")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,9 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true")
     o.set_defaults(func=cmd_evaluate_ood)
 
-    i = sub.add_parser("index", help="bulk-add a folder of images to the service's data dir")
-    i.add_argument("folder", type=Path,
+    i = sub.add_parser("index", help="bulk-add a folder of images, or an archive's DICOM "
+                       "(--dicomweb), to the service's data dir or to a running service")
+    i.add_argument("folder", type=Path, nargs="?",
                    help="class sub-folders (label = folder name) or flat (label predicted)")
+    i.add_argument("--dicomweb", metavar="URL",
+                   help="import from this DICOMweb root (QIDO-RS walk, WADO-RS retrieve)")
+    i.add_argument("--study", action="append", default=[], metavar="UID",
+                   help="only this study (repeatable); default: every study")
+    i.add_argument("--modality", action="append", default=[], metavar="CT",
+                   help="only series of this modality (repeatable)")
+    i.add_argument("--to", metavar="SERVICE_URL",
+                   help="send to a running service (key from CBMIR_API_KEY) instead of "
+                   "writing CBMIR_DATA_DIR")
+    i.add_argument("--concurrency", type=_concurrency, default=3,
+                   help="WADO-RS requests in flight, 1-4 (default 3)")
     i.add_argument("--no-progress", action="store_true")
     i.set_defaults(func=cmd_index)
 
@@ -236,6 +370,37 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data-dir", type=Path, help="default: CBMIR_DATA_DIR")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=cmd_migrate)
+
+    f = sub.add_parser("follow", help="ingest each series an Orthanc makes stable "
+                       "(polls /changes; restart-safe; reconciles deletions)")
+    f.add_argument("--orthanc", required=True, metavar="URL", help="Orthanc's REST root")
+    f.add_argument("--to", metavar="SERVICE_URL",
+                   help="send to a running service (key from CBMIR_API_KEY) instead of "
+                   "writing CBMIR_DATA_DIR")
+    f.add_argument("--state", type=Path, help="the cursor file (default: "
+                   "CBMIR_DATA_DIR/follow/<hash of the URL>.json)")
+    f.add_argument("--dicomweb-root", default="/dicom-web",
+                   help="where the archive's DICOMweb plugin answers, for wado_url")
+    f.add_argument("--poll-seconds", type=float, default=1.0)
+    f.add_argument("--reconcile-seconds", type=float, default=300.0,
+                   help="how often deleted studies are looked for")
+    f.add_argument("--once", action="store_true",
+                   help="handle every change so far, reconcile once, exit")
+    f.set_defaults(func=cmd_follow)
+
+    ls = sub.add_parser("listen", help="a DICOM C-STORE SCP: receive pushes, spool them, "
+                        "ingest them (answers C-ECHO)")
+    ls.add_argument("--aet", default="CBMIR", help="this node's AE title (default CBMIR)")
+    ls.add_argument("--port", type=int, default=11112)
+    ls.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    ls.add_argument("--to", metavar="SERVICE_URL",
+                    help="send to a running service (key from CBMIR_API_KEY) instead of "
+                    "writing CBMIR_DATA_DIR")
+    ls.add_argument("--spool", type=Path, help="received files until ingested (default: "
+                    "CBMIR_DATA_DIR/spool)")
+    ls.add_argument("--list-syntaxes", action="store_true",
+                    help="print the transfer syntaxes accepted, and exit")
+    ls.set_defaults(func=cmd_listen)
 
     s = sub.add_parser("serve", help="run the REST service")
     s.add_argument("--host", default="127.0.0.1")

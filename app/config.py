@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     pg_pool_size: int = Field(10, ge=1, le=1000)
     # How long a request waits for a database connection before answering 503.
     pg_timeout_s: float = Field(5.0, gt=0)
+    # The archive (issue 12): the DICOMweb base given out in wado_url, a viewer URL
+    # template ({study_uid}, {series_uid}, {sop_uid}), and what is kept of DICOM uploads.
+    dicomweb_url: str | None = None
+    viewer_url_template: str | None = None
+    store_originals: Literal["deidentified", "original", "none"] = "deidentified"
     # Test only, never set in production: fault points to arm, "point:action,..." (see
     # app.service.faults). Empty by default: nothing is armed.
     test_faults: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -108,6 +113,30 @@ class Settings(BaseSettings):
         Faults.parse(v)  # an unknown point or action is refused at start
         return v
 
+    @field_validator("dicomweb_url", "viewer_url_template", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/") if v else v
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        from app.service.links import check_template
+
+        return check_template(v) if v else v
+
+    @field_validator("store_originals", mode="before")
+    @classmethod
+    def _lower_store(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
@@ -130,6 +159,25 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+
+class ClientSettings(BaseSettings):
+    """What the archive commands need when they send to a running service (``--to``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    api_key: SecretStr | None = None
+    data_dir: Path = Path("./var")  # where `cbmir follow` and `listen` keep state by default
+    dicomweb_url: str | None = None  # `cbmir listen`: the wado_url base of pushed instances
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, v: Any) -> Any:
+        return None if v is None or (isinstance(v, str) and not v.strip()) else v
+
+    @property
+    def key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
 
 
 def _one_line(e: ValidationError) -> str:

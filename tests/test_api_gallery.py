@@ -45,7 +45,8 @@ def test_pages_walk_every_item_newest_first(
             break
     assert pages == 3 and seen == sorted((it["id"] for it in gallery), reverse=True)
     first = _list(client, limit=1)["items"][0]
-    assert set(first) == {"id", "label", "label_source", "image_url", "metadata", "in_distribution"}
+    assert set(first) == {"id", "label", "label_source", "image_url", "metadata", "in_distribution",
+                          "dicom", "wado_url", "viewer_url"}
     assert first["image_url"] == f"/images/{first['id']}"
     assert first["metadata"]["width"] == 48  # the png_bytes image
 

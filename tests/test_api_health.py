@@ -91,7 +91,8 @@ def test_openapi_has_the_schemas(client: TestClient) -> None:
                  "Prediction", "ErrorResponse"):
         assert name in schemas, name
     search = spec["paths"]["/search"]["post"]
-    assert {p["name"] for p in search["parameters"]} == {"k", "scope", "label"}
+    assert {p["name"] for p in search["parameters"]} == {
+        "k", "scope", "label", "group_by", "exclude_study", "exclude_same_study"}
     assert "multipart/form-data" in search["requestBody"]["content"]
     assert "/images/{item_id}" in spec["paths"]
     assert client.get("/docs").status_code == 200

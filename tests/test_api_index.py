@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 from conftest import CLASSES, demo_files, index_bytes, png_bytes, upload
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
@@ -113,5 +115,7 @@ def test_dicom_metadata_without_patient_fields(client: TestClient) -> None:
     text = json.dumps(hit["metadata"]).lower()
     assert "patient" not in text and "compressedsamples" not in text  # CT_small's name
     r = client.get(f"/images/{item_id}", params={"original": "true"})
-    assert r.headers["content-type"] == "application/dicom" and r.content == data
+    # Stored de-identified by default (CBMIR_STORE_ORIGINALS, tests/test_originals.py).
+    assert r.headers["content-type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(r.content)).PatientIdentityRemoved == "YES"
     assert client.get(f"/images/{item_id}").headers["content-type"] == "image/png"

@@ -20,6 +20,7 @@ from app.service.retriever import Retriever
 from models.checkpoint import save_checkpoint
 from models.cnn import CbmirCNN
 from models.config import ModelConfig
+from tests.dicomfiles import ct_series, edited_header, jpeg_lossless
 
 BACKENDS = ["embedded", "postgres"]
 
@@ -267,3 +268,33 @@ def test_hnsw_indexes_are_built_concurrently_and_used(
         assert (got.ids[0] >= 0).all()
         assert c.get("/health").json()["index"]["type"] == "hnsw"
         assert len(items) == 3 * len(CLASSES)
+
+
+def test_dicom_identity_fields_and_deletes_by_study(opened: Callable[..., TestClient]) -> None:
+    """Issue 12's DICOM identity holds on both backends: one item per SOP instance (other
+    syntax, edited header: a duplicate), UID fields on hits and lists, delete by series and
+    by study."""
+    c = opened(store_originals="original")
+    study, series, slices = ct_series(3, seed=1)
+    _, series2, slices2 = ct_series(2, seed=2, study=study)
+    r = c.post("/index", files=[("files", (f"s{i}.dcm", b))
+                                for i, b in enumerate(slices + slices2)])
+    assert r.status_code == 200, r.text
+    first = r.json()["items"]
+    assert [i["duplicate"] for i in first] == [False] * 5
+    again = [jpeg_lossless(slices[0]), edited_header(slices[1], SeriesDescription="edited")]
+    r = c.post("/index", files=[("files", (f"a{i}.dcm", b)) for i, b in enumerate(again)])
+    assert r.status_code == 200, r.text
+    assert [(i["id"], i["duplicate"]) for i in r.json()["items"]] == [
+        (first[0]["id"], True), (first[1]["id"], True)]
+    listed = c.get("/images", params={"series_uid": series}).json()
+    assert listed["total"] == 3
+    assert {i["dicom"]["study_uid"] for i in listed["items"]} == {study}
+    assert {i["dicom"]["series_description"] for i in listed["items"]} == {"synthetic"}
+    hit = c.post("/search", files={"file": ("q.dcm", slices[2])},
+                 params={"scope": "all", "k": 1}).json()["results"][0]
+    assert hit["id"] == first[2]["id"] and hit["dicom"]["series_uid"] == series
+    assert c.delete("/images", params={"series_uid": series2}).status_code in (200, 204)
+    assert c.get("/images", params={"study_uid": study}).json()["total"] == 3
+    assert c.delete("/images", params={"study_uid": study}).status_code in (200, 204)
+    assert c.get("/images").json()["total"] == 0

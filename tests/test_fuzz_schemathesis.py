@@ -62,7 +62,7 @@ OPERATIONS = [
     ("DELETE", "/images/{item_id}"), ("GET", "/metrics"),
     ("GET", "/images"), ("GET", "/images/{item_id}/info"), ("PATCH", "/images/{item_id}"),
     ("GET", "/images/{item_id}/thumbnail"), ("GET", "/images/{item_id}/similar"),
-    ("POST", "/render"),
+    ("POST", "/render"), ("DELETE", "/images"),
 ]
 # Negative data (values the schema forbids) only where an operation has parameters.
 CASES = [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS] + [

@@ -246,7 +246,8 @@ def test_with_key_for_reads_every_route_but_health_and_metrics_needs_the_key(
                 r = c.request(method, url, headers={"X-API-Key": KEY}, **kw)
                 assert r.status_code == 200, (method, path, r.text)
     assert sorted(checked) == [
-        ("delete", "/images/{item_id}"), ("get", "/images"), ("get", "/images/{item_id}"),
+        ("delete", "/images"), ("delete", "/images/{item_id}"), ("get", "/images"),
+        ("get", "/images/{item_id}"),
         ("get", "/images/{item_id}/info"), ("get", "/images/{item_id}/similar"),
         ("get", "/images/{item_id}/thumbnail"), ("patch", "/images/{item_id}"),
         ("post", "/index"), ("post", "/render"), ("post", "/search"),

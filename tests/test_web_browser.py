@@ -255,8 +255,7 @@ def test_status_shows_the_model_and_index(page: Any, api: httpx.Client) -> None:
 
 
 # What the page shows of fields this server does not always give (the out-of-distribution
-# check of issue 10 flags few queries) or does not have yet (the DICOM identity and series
-# grouping of issue 12). The page learns
+# check of issue 10 flags few queries; DICOM identity needs DICOM hits). The page learns
 # what a server offers from /openapi.json and shows fields whenever an answer has them,
 # so a wrapper around fetch (installed before the page's own scripts) plays such a server.
 FUTURE_SERVER = """
@@ -343,6 +342,7 @@ def test_fields_of_later_server_versions_are_shown_when_present(
                             {"identifier": script["identifier"]})
 
 
-def test_controls_of_later_versions_stay_hidden_on_this_server(page: Any) -> None:
+def test_series_controls_are_shown_on_this_server(page: Any) -> None:
+    """This server lists group_by and exclude_same_study (issue 12): the page offers them."""
     for element_id in ("search-group", "search-exclude-study"):
-        assert not page.find_element(By.ID, element_id).is_displayed(), element_id
+        assert page.find_element(By.ID, element_id).is_displayed(), element_id

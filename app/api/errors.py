@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.service.errors import (
+    ArchiveFailed,
     InvalidInput,
     NotFound,
     ServiceError,
@@ -50,6 +51,7 @@ HTTP_STATUS: dict[type[Exception], tuple[int, Headers]] = {
     Unauthorized: (401, {"WWW-Authenticate": "X-API-Key"}),
     Unavailable: (503, {"Retry-After": "1"}),  # batcher.Overloaded included
     StorageFull: (507, None),  # Insufficient Storage: the write was not kept
+    ArchiveFailed: (502, None),  # Bad Gateway: the archive failed us
 }
 """Status and extra headers per exception class, looked up along the class's bases, so a
 subclass answers like the nearest listed one."""

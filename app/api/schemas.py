@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.service.store import DicomFields
+
 
 class ErrorResponse(BaseModel):
     detail: str = Field(examples=["file 1 ('notes.png'): not a supported image"])
@@ -81,6 +83,26 @@ class Prediction(BaseModel):
     ood_threshold: float | None = Field(None, description="a score above it is OOD")
 
 
+class DicomInfo(BaseModel):
+    """A DICOM item's identity and the fields a person looks for first (no patient field)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str | None = None
+    body_part: str | None = None
+    series_description: str | None = None
+    instance_number: int | None = None
+
+    @classmethod
+    def of(cls, d: DicomFields | None) -> DicomInfo | None:
+        if d is None:
+            return None
+        return cls(study_uid=d.study_uid, series_uid=d.series_uid, sop_uid=d.sop_uid,
+                   modality=d.modality, body_part=d.body_part,
+                   series_description=d.series_description, instance_number=d.instance_number)
+
+
 class SearchHit(BaseModel):
     id: int
     score: float = Field(description="cosine similarity of the descriptors")
@@ -88,6 +110,13 @@ class SearchHit(BaseModel):
     image_url: str
     metadata: dict[str, Any]
     label_source: Literal["given", "predicted"]
+    dicom: DicomInfo | None = Field(None, description="null for non-DICOM images")
+    wado_url: str | None = Field(None, description="WADO-RS URL of the instance, when it "
+                                 "came from an archive")
+    viewer_url: str | None = Field(None, description="from CBMIR_VIEWER_URL_TEMPLATE; null "
+                                   "when unset or not DICOM")
+    series_hits: int | None = Field(None, description="group_by=series: how many of the "
+                                    "series' slices are among the candidates")
 
 
 class SearchResponse(BaseModel):
@@ -109,12 +138,19 @@ class ImageItem(BaseModel):
     label_source: Literal["given", "predicted"]
     in_distribution: bool | None = Field(
         None, description="the OOD verdict when it was stored; null when not checked")
+    dicom: DicomInfo | None = Field(None, description="null for non-DICOM images")
+    wado_url: str | None = None
+    viewer_url: str | None = None
 
 
 class ImageListResponse(BaseModel):
     items: list[ImageItem] = Field(description="newest first")
     total: int = Field(description="stored images matching the filters, all pages together")
     next_cursor: str | None = Field(description="pass as cursor for the next page; null: last")
+
+
+class DeletedResponse(BaseModel):
+    deleted: int = Field(description="stored images deleted")
 
 
 class RelabelRequest(BaseModel):

@@ -33,3 +33,7 @@ class StorageFull(ServiceError):
 class NotYetSearchable(Unavailable):
     """Stored durably, but adding it to the index failed twice: a retry of the same request
     finds it stored and puts it into the index."""
+
+
+class ArchiveFailed(ServiceError):
+    """The configured archive (CBMIR_DICOMWEB_URL) did not give what was asked of it."""

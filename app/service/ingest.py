@@ -1,7 +1,10 @@
 """Adding images: validated uploads → one forward pass for the new bytes → one commit.
 
 Bytes already stored need no forward pass (re-running a bulk import is cheap), and the
-same bytes twice come back as the existing id with ``duplicate: true``. The commit holds
+same bytes twice come back as the existing id with ``duplicate: true``. A DICOM image is
+the same item as a stored one when it has the same SOP Instance UID and frame, whatever
+its transfer syntax or header edits (:attr:`~app.service.uploads.Prepared.key`): the
+first version stays. The commit holds
 the service's write lock: originals on disk, rows in one SQLite transaction, vectors into
 the index (see :mod:`app.service.store` for the durability design). Every new image gets
 an OOD verdict (:mod:`app.service.ood`), stored with it; under policy ``reject`` an
@@ -34,8 +37,9 @@ from app.service.errors import NotYetSearchable, StorageFull
 from app.service.faults import NO_FAULTS, Faults
 from app.service.metrics import Metrics
 from app.service.ood import OodGate, Verdict
-from app.service.store import Item, LabelSource, NewItem
-from app.service.uploads import Prepared, Upload, _describe, prepare_uploads
+from app.service.originals import Policy, kept
+from app.service.store import Item, LabelSource, NewItem, StoredAs
+from app.service.uploads import Key, Prepared, Upload, _describe, prepare_uploads
 from models.embed import Embedder, Embedding
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class Ingester:
     ood: OodGate
     decoder: Decoder
     faults: Faults = NO_FAULTS
+    originals: Policy = "deidentified"  # CBMIR_STORE_ORIGINALS (app.service.originals)
     _limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
 
     @property
@@ -73,10 +78,26 @@ class Ingester:
     def _timed_prepare(self, uploads: list[Upload]) -> tuple[list[Prepared], list[Prepared]]:
         with self.metrics.stage.labels("decode").time():
             prepared = prepare_uploads(uploads, self.embedder, self.classes, self.decoder)
-        # Bytes already stored need no forward pass (re-running a bulk import is cheap).
-        known = self.store.find_sha([p.sha256 for p in prepared])
-        todo = list({p.sha256: p for p in prepared if p.sha256 not in known}.values())
+        # Items already stored need no forward pass (re-running a bulk import is cheap).
+        known = self._known(prepared)
+        todo = list({p.key: p for p in prepared if p.key not in known}.values())
         return prepared, todo
+
+    def _known(self, prepared: list[Prepared]) -> dict[Key, Item]:
+        """The stored items these uploads are, by key (SOP instance + frame, or bytes)."""
+        by_sop = self.store.find_sop([p.dicom.key for p in prepared if p.dicom is not None])
+        by_sha = self.store.find_sha([p.sha256 for p in prepared])
+        known: dict[Key, Item] = {}
+        for p in prepared:
+            row = (by_sop.get(p.dicom.key) if p.dicom is not None else None) or by_sha.get(
+                p.sha256)
+            if row is not None:
+                known[p.key] = row
+        return known
+
+    def stored_bytes(self, p: Prepared) -> tuple[bytes, StoredAs]:
+        """What is kept of an upload as its original (see :mod:`app.service.originals`)."""
+        return kept(p, self.originals)
 
     async def ingest(self, uploads: list[Upload]) -> list[Ingested]:
         # One worker-thread trip for decode, forward pass and commit (see Searcher.search).
@@ -87,20 +108,23 @@ class Ingester:
     def ingest_sync(self, uploads: list[Upload]) -> list[Ingested]:
         """The same steps as :meth:`ingest`, for bulk indexing and demo seeding."""
         prepared, todo = self._timed_prepare(uploads)
+        # Before the write lock: de-identification costs a few ms a file.
+        stored = {p.key: self.stored_bytes(p) for p in todo}
         emb = self.batcher.embed_sync(np.stack([p.array for p in todo])) if todo else None
-        return self._commit(prepared, todo, emb)
+        return self._commit(prepared, todo, emb, stored)
 
     def _commit(
-        self, prepared: list[Prepared], todo: list[Prepared], emb: Embedding | None
+        self, prepared: list[Prepared], todo: list[Prepared], emb: Embedding | None,
+        stored: dict[Key, tuple[bytes, StoredAs]],
     ) -> list[Ingested]:
-        pos = {p.sha256: i for i, p in enumerate(todo)}
+        pos = {p.key: i for i, p in enumerate(todo)}
         with self.metrics.stage.labels("ood").time():
             verdicts = self.ood.assess(emb.vectors, np.stack([p.array for p in todo])) if (
                 emb is not None) else []
 
         def embedding_of(p: Prepared) -> tuple[np.ndarray, np.ndarray, Verdict]:
-            if emb is not None and p.sha256 in pos:
-                i = pos[p.sha256]
+            if emb is not None and p.key in pos:
+                i = pos[p.key]
                 return emb.vectors[i], emb.probabilities[i], verdicts[i]
             # Stored when we looked, deleted since: embed it now (a rare race).
             one = self.batcher.embed_sync(p.array[None])
@@ -108,10 +132,10 @@ class Ingester:
                 one.vectors, p.array[None])[0]
 
         with self.metrics.stage.labels("commit").time(), self.write_lock:
-            known = self.store.find_sha([p.sha256 for p in prepared])
-            new: dict[str, NewItem] = {}
+            known = self._known(prepared)
+            new: dict[Key, NewItem] = {}
             for n, p in enumerate(prepared):
-                if p.sha256 in known or p.sha256 in new:
+                if p.key in known or p.key in new:
                     continue
                 vector, probs, verdict = embedding_of(p)
                 if not p.upload.label:
@@ -119,11 +143,14 @@ class Ingester:
                     self.ood.refuse(verdict, _describe(n, p.upload.filename))
                 label = p.upload.label or self.classes[int(np.argmax(probs))]
                 source: LabelSource = "given" if p.upload.label else "predicted"
-                new[p.sha256] = NewItem(
-                    p.sha256, p.upload.data, label, source,
+                data, stored_as = stored.get(p.key) or self.stored_bytes(p)
+                new[p.key] = NewItem(
+                    p.sha256, data, label, source,
                     p.content_type, p.format, p.metadata, vector, verdict.in_distribution,
+                    p.dicom, p.upload.wado_url, stored_as,
                 )
             items = list(new.values())
+            keys = list(new)
             self._repair([row.id for row in known.values()])
             if items:
                 try:
@@ -133,19 +160,19 @@ class Ingester:
                     raise
                 self._add(np.array(ids, np.int64), np.stack([it.vector for it in items]),
                           [it.label for it in items])
-                for it, item_id in zip(items, ids, strict=True):
-                    known[it.sha256] = Item(item_id, it.sha256, it.label, it.label_source,
-                                            it.content_type, it.format, it.metadata, "",
-                                            it.in_distribution)
+                for key, it, item_id in zip(keys, items, ids, strict=True):
+                    known[key] = Item(item_id, it.sha256, it.label, it.label_source,
+                                      it.content_type, it.format, it.metadata, "",
+                                      it.in_distribution, it.dicom, it.wado_url, it.stored_as)
         self.snapshotter.note_writes(len(items))
         self.metrics.ingested.inc(len(items))
-        fresh = {it.sha256 for it in items}
+        fresh = set(keys)
         out: list[Ingested] = []
         for p in prepared:
-            row = known[p.sha256]
-            out.append(Ingested(row.id, row.label, row.label_source, p.sha256 not in fresh,
+            row = known[p.key]
+            out.append(Ingested(row.id, row.label, row.label_source, p.key not in fresh,
                                 row.in_distribution))
-            fresh.discard(p.sha256)  # the same bytes twice in one request: 2nd is a duplicate
+            fresh.discard(p.key)  # the same item twice in one request: 2nd is a duplicate
         return out
 
     def _add(self, ids: np.ndarray, vectors: np.ndarray, labels: list[str]) -> None:

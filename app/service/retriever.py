@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +24,11 @@ from app.service.decoding import MB, DecodeGate, Decoder, pixel_cap_for
 from app.service.faults import NO_FAULTS, Faults
 from app.service.ingest import Ingested, Ingester
 from app.service.items import Items
+from app.service.links import Links
 from app.service.lock import DataDirLock
 from app.service.metrics import Metrics
 from app.service.ood import OodGate
-from app.service.search import Scope, Searcher, SearchOutcome
+from app.service.search import NO_OPTIONS, Scope, Searcher, SearchOptions, SearchOutcome
 from app.service.similar import similar
 from app.service.snapshots import NoSnapshots, Snapshotter, open_index
 from app.service.store import Item, ItemFilter, Store
@@ -55,19 +57,37 @@ class Retriever:
     items: Items = field(init=False, repr=False)
     thumbnails: Thumbnails = field(init=False, repr=False)
     decoder: Decoder = field(init=False, repr=False)
+    links: Links = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.links = Links(s.dicomweb_url, s.viewer_url_template)
         self.decoder = Decoder(DecodeGate(int(s.decode_memory_mb * MB)),
                                s.decode_pixel_cap or pixel_cap_for(self.embedder.config))
         self.ingester = Ingester(self.embedder, self.store, self.index, self.batcher,
                                  self.snapshotter, self.metrics, self.write_lock, self.ood,
-                                 self.decoder, self.faults)
+                                 self.decoder, self.faults, s.store_originals)
         self.searcher = Searcher(self.embedder, self.store, self.index, self.batcher,
                                  self.metrics, self.ood, self.decoder)
         self.metrics.track_decode(self.decoder.gate.usage)
-        self.items = Items(self.store, self.index, self.snapshotter, self.write_lock)
+        self.items = Items(self.store, self.index, self.snapshotter, self.write_lock,
+                           self.links, self._archive_fetcher())
         self.thumbnails = Thumbnails(self.items)
+
+    def _archive_fetcher(self) -> Callable[[str], bytes] | None:
+        """WADO-RS fetches from CBMIR_DICOMWEB_URL (for ``?original=true`` under
+        ``CBMIR_STORE_ORIGINALS=none``); None without an archive."""
+        base = self.settings.dicomweb_url
+        if base is None:
+            return None
+
+        def fetch(url: str) -> bytes:
+            from app.service.dicomweb import DicomWebClient
+
+            with DicomWebClient(base) as client:
+                return client.fetch(url)
+
+        return fetch
 
     @classmethod
     def open(cls, settings: Settings, metrics: Metrics | None = None) -> Retriever:
@@ -169,8 +189,9 @@ class Retriever:
         """The same steps as :meth:`ingest`, for bulk indexing and demo seeding."""
         return self.ingester.ingest_sync(uploads)
 
-    async def search(self, data: bytes, k: int, scope: Scope, label: str | None) -> SearchOutcome:
-        return await self.searcher.search(data, k, scope, label)
+    async def search(self, data: bytes, k: int, scope: Scope, label: str | None,
+                     options: SearchOptions = NO_OPTIONS) -> SearchOutcome:
+        return await self.searcher.search(data, k, scope, label, options)
 
     def get(self, item_id: int) -> Item:
         return self.items.get(item_id)
@@ -184,6 +205,13 @@ class Retriever:
     def delete(self, item_id: int) -> None:
         self.items.delete(item_id)
         self.thumbnails.forget(item_id)
+
+    def delete_where(self, filt: ItemFilter) -> int:
+        """Delete a study or a series (``filt`` names its UID); how many were deleted."""
+        ids = self.items.delete_where(filt)
+        for item_id in ids:
+            self.thumbnails.forget(item_id)
+        return len(ids)
 
     # -- what the web page adds: list, curate, thumbnails, find similar, render ---------
 

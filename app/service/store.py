@@ -8,7 +8,15 @@ Design (durability and recovery)
   ``label``, ``label_source`` (``given``/``predicted``), ``content_type``, ``format``,
   ``metadata`` (JSON), ``vector`` (the float32 descriptor), ``created_at`` and
   ``in_distribution`` (the OOD verdict at upload: 1, 0, or NULL when unchecked — also for
-  rows of stores made before the column existed, which gain it at open). A ``meta``
+  rows of stores made before the column existed, which gain it at open). Items made from
+  DICOM also have first-class identity columns (schema version 2): ``study_uid``,
+  ``series_uid``, ``sop_uid``, ``frame`` (the 1-based frame the image was made from),
+  ``modality``, ``body_part``, ``series_description``, ``instance_number``, and
+  ``wado_url`` when the instance came from an archive. ``(sop_uid, frame)`` is unique:
+  the same SOP instance re-sent in another transfer syntax or with an edited header is
+  the same item. ``stored_as`` says what the original file holds (``original``,
+  ``deidentified`` or ``rendering``). Stores of version 1 gain the columns at open,
+  filled from their metadata JSON. A ``meta``
   table records the model fingerprint and embedding dimension the vectors came from; the
   service refuses to start with a different model (use a new ``DATA_DIR`` or re-index).
 * **Originals** are stored by content at ``DATA_DIR/originals/ab/<sha256>``, written to a
@@ -76,11 +84,46 @@ CREATE TABLE IF NOT EXISTS relabels (
     item_id INTEGER NOT NULL
 );
 """
+SCHEMA_VERSION = 2
+# Added by version 2 (name, SQL type); the DICOM identity and where an item came from.
+_V2_COLUMNS = (
+    ("study_uid", "TEXT"), ("series_uid", "TEXT"), ("sop_uid", "TEXT"), ("frame", "INTEGER"),
+    ("modality", "TEXT"), ("body_part", "TEXT"), ("series_description", "TEXT"),
+    ("instance_number", "INTEGER"), ("wado_url", "TEXT"),
+    ("stored_as", "TEXT NOT NULL DEFAULT 'original'"),
+)
+_DICOM_FIELDS = ("study_uid", "series_uid", "sop_uid", "frame", "modality", "body_part",
+                 "series_description", "instance_number")
 _COLUMNS = ("id, sha256, label, label_source, content_type, format, metadata, created_at, "
-            "in_distribution")
+            "in_distribution, " + ", ".join(name for name, _ in _V2_COLUMNS))
+_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS items_sop ON items (sop_uid, frame) WHERE sop_uid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_study ON items (study_uid) WHERE study_uid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_series ON items (series_uid) WHERE series_uid IS NOT NULL;
+"""
 
 
 LabelSource = Literal["given", "predicted"]
+StoredAs = Literal["original", "deidentified", "rendering"]
+
+
+@dataclass(frozen=True)
+class DicomFields:
+    """What identifies a DICOM item and what a person looks for first; never a patient
+    field. ``frame`` is 1-based (the frame the image was made from)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    frame: int = 1
+    modality: str | None = None
+    body_part: str | None = None
+    series_description: str | None = None
+    instance_number: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.sop_uid, self.frame
 
 
 class StoreMismatchError(ValueError):
@@ -98,6 +141,9 @@ class Item:
     metadata: dict[str, Any]
     created_at: str
     in_distribution: bool | None = None
+    dicom: DicomFields | None = None
+    wado_url: str | None = None
+    stored_as: StoredAs = "original"
 
 
 @dataclass(frozen=True)
@@ -111,12 +157,19 @@ class NewItem:
     metadata: dict[str, Any]
     vector: np.ndarray = field(repr=False)
     in_distribution: bool | None = None
+    dicom: DicomFields | None = None
+    wado_url: str | None = None
+    stored_as: StoredAs = "original"
 
 
 def _row_to_item(row: tuple[Any, ...]) -> Item:
     source = cast(LabelSource, row[3])
     ood = None if row[8] is None else bool(row[8])
-    return Item(row[0], row[1], row[2], source, row[4], row[5], json.loads(row[6]), row[7], ood)
+    study, series, sop, frame, modality, body, desc, number, wado, stored = row[9:19]
+    dicom = DicomFields(study or "", series or "", sop, int(frame or 1), modality, body, desc,
+                        number) if sop else None
+    return Item(row[0], row[1], row[2], source, row[4], row[5], json.loads(row[6]), row[7], ood,
+                dicom, wado, cast(StoredAs, stored or "original"))
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -126,6 +179,43 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE items ADD COLUMN in_distribution INTEGER "
                    "CHECK (in_distribution IN (0, 1))")
         log.info("store: added column in_distribution (existing rows: NULL)")
+    if "sop_uid" not in have:
+        _migrate_v2(db)
+    db.executescript(_INDEXES)
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+               (str(SCHEMA_VERSION),))
+
+
+def _migrate_v2(db: sqlite3.Connection) -> None:
+    """The DICOM columns, filled from the metadata JSON that version 1 kept them in. Of
+    several old rows of one SOP instance, the oldest keeps the SOP UID (the key is unique);
+    the others keep their study and series."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name, sql_type in _V2_COLUMNS:
+            db.execute(f"ALTER TABLE items ADD COLUMN {name} {sql_type}")
+        db.execute("""
+            UPDATE items SET
+              study_uid = NULLIF(json_extract(metadata, '$.study_instance_uid'), ''),
+              series_uid = NULLIF(json_extract(metadata, '$.series_instance_uid'), ''),
+              modality = NULLIF(json_extract(metadata, '$.modality'), ''),
+              body_part = NULLIF(json_extract(metadata, '$.body_part'), ''),
+              frame = CASE WHEN json_extract(metadata, '$.frames') > 1
+                           THEN json_extract(metadata, '$.frames') / 2 + 1 ELSE 1 END
+            WHERE format = 'dicom'""")
+        db.execute("""
+            UPDATE items SET sop_uid = json_extract(metadata, '$.sop_instance_uid')
+            WHERE format = 'dicom' AND NULLIF(json_extract(metadata, '$.sop_instance_uid'), '')
+                  IS NOT NULL
+              AND id = (SELECT MIN(o.id) FROM items o WHERE o.format = 'dicom'
+                        AND json_extract(o.metadata, '$.sop_instance_uid')
+                            = json_extract(items.metadata, '$.sop_instance_uid'))""")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    log.info("store: schema version 2 (DICOM identity columns, filled from metadata)")
 
 
 def _is_disk_full(e: BaseException) -> bool:
@@ -252,6 +342,31 @@ class Store:
         ).fetchall()
         return {r[1]: _row_to_item(r) for r in rows}
 
+    def find_sop(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Item]:
+        """Stored DICOM items by (SOP Instance UID, frame)."""
+        if not keys:
+            return {}
+        found: dict[tuple[str, int], Item] = {}
+        sops = sorted({sop for sop, _ in keys})
+        for s in range(0, len(sops), 500):
+            part = sops[s : s + 500]
+            rows = self._reader().execute(
+                f"SELECT {_COLUMNS} FROM items WHERE sop_uid IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
+            for r in rows:
+                item = _row_to_item(r)
+                assert item.dicom is not None
+                found[item.dicom.key] = item
+        wanted = set(keys)
+        return {k: v for k, v in found.items() if k in wanted}
+
+    def sops_of_series(self, series_uid: str) -> set[str]:
+        rows = self._reader().execute(
+            "SELECT sop_uid FROM items WHERE series_uid = ? AND sop_uid IS NOT NULL",
+            (series_uid,)).fetchall()
+        return {r[0] for r in rows}
+
     def vectors(
         self, dim: int, ids: np.ndarray | None = None, chunk: int = 4096
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
@@ -349,13 +464,18 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for it in items:
+                    d = it.dicom
+                    dicom = (tuple(getattr(d, f) for f in _DICOM_FIELDS) if d is not None
+                             else (None,) * len(_DICOM_FIELDS))
                     cur = self._db.execute(
                         "INSERT INTO items (sha256, label, label_source, content_type, format,"
-                        " metadata, vector, created_at, in_distribution)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " metadata, vector, created_at, in_distribution, "
+                        + ", ".join(_DICOM_FIELDS) + ", wado_url, stored_as)"
+                        " VALUES (" + ",".join("?" * (11 + len(_DICOM_FIELDS))) + ")",
                         (it.sha256, it.label, it.label_source, it.content_type, it.format,
                          json.dumps(it.metadata), it.vector.astype("<f4").tobytes(), now,
-                         None if it.in_distribution is None else int(it.in_distribution)),
+                         None if it.in_distribution is None else int(it.in_distribution),
+                         *dicom, it.wado_url, it.stored_as),
                     )
                     ids.append(int(cur.lastrowid or 0))
                 self._db.execute("COMMIT")
@@ -373,6 +493,22 @@ class Store:
             if item is not None:
                 self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
         return item
+
+    def delete_where(self, filt: ItemFilter) -> list[Item]:
+        """Delete every row matching ``filt`` in one commit; the caller unlinks after."""
+        where, params = filt.clauses()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM items WHERE {where}", params).fetchall()
+                self._db.execute(f"DELETE FROM items WHERE {where}", params)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return [_row_to_item(r) for r in rows]
 
     def unlink_original(self, sha256: str) -> None:
         self.original_path(sha256).unlink(missing_ok=True)
@@ -447,14 +583,21 @@ class Store:
 class ItemFilter:
     """What a list of stored items is narrowed to; ``None`` is "any".
 
-    A new filter is a field here and a clause in :meth:`clauses`: the DICOM UIDs of issue
-    12 (``study_uid``, ``series_uid``, ``sop_uid``) slot in the same way.
+    A new filter is a field here and a clause in :meth:`clauses`.
     """
 
     label: str | None = None
     label_source: LabelSource | None = None
-    modality: str | None = None  # metadata.modality (DICOM), case-insensitive
+    # The DICOM modality column, else metadata.modality (given with an upload); any case.
+    modality: str | None = None
     in_distribution: bool | None = None  # rows never checked (NULL) match neither value
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(v is None for v in vars(self).values())
 
     def clauses(self) -> tuple[str, list[Any]]:
         where: list[str] = []
@@ -466,8 +609,14 @@ class ItemFilter:
             where.append("label_source = ?")
             params.append(self.label_source)
         if self.modality is not None:
-            where.append("json_extract(metadata, '$.modality') = ? COLLATE NOCASE")
+            where.append("COALESCE(modality, json_extract(metadata, '$.modality')) = ?"
+                         " COLLATE NOCASE")
             params.append(self.modality)
+        for name in ("study_uid", "series_uid", "sop_uid"):
+            value = getattr(self, name)
+            if value is not None:
+                where.append(f"{name} = ?")
+                params.append(value)
         if self.in_distribution is not None:
             where.append("in_distribution = ?")
             params.append(int(self.in_distribution))

@@ -47,7 +47,7 @@ class Thumbnails:
                 self._cache.move_to_end(item_id)
                 return hit
         # Rendered outside the lock: two requests for one new id may both render it.
-        data, _ = self.items.original(item_id)
+        data = self.items.stored(item_id)
         thumb = Thumbnail(etag, render_thumbnail(decode_image(data).image, THUMBNAIL_SIDE))
         with self._lock:
             if item_id not in self._cache:

@@ -14,6 +14,7 @@ import numpy as np
 
 from app.service.decoding import Decoder
 from app.service.errors import InvalidInput
+from app.service.store import DicomFields
 from models.embed import Embedder
 from models.imaging.errors import ImageDecodeError
 from models.imaging.formats import DecodedImage
@@ -26,6 +27,10 @@ class Upload:
     filename: str = ""
     label: str | None = None  # None: the predicted class is stored
     metadata: dict[str, Any] = field(default_factory=dict)
+    wado_url: str | None = None  # where an archive serves this instance (WADO-RS)
+
+
+Key = tuple[str, str, int]  # ("sop", SOP Instance UID, frame) or ("sha", sha256, 0)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,38 @@ class Prepared:
     content_type: str
     metadata: dict[str, Any]
     array: np.ndarray  # uint8 (C, S, S)
+    decoded: DecodedImage = field(repr=False)
+    dicom: DicomFields | None = None
+
+    @property
+    def key(self) -> Key:
+        """What makes two uploads the same item: the SOP instance and frame for DICOM (any
+        transfer syntax, any header edit), the bytes for everything else."""
+        if self.dicom is not None:
+            return "sop", self.dicom.sop_uid, self.dicom.frame
+        return "sha", self.sha256, 0
+
+
+def dicom_fields(decoded: DecodedImage) -> DicomFields | None:
+    """The identity columns of a decoded DICOM image; None without a SOP Instance UID."""
+    md = decoded.metadata
+    if decoded.format != "dicom" or not md.get("sop_instance_uid"):
+        return None
+
+    def text(name: str) -> str | None:
+        value = md.get(name)
+        return str(value) if value not in (None, "") else None
+
+    number = md.get("instance_number")
+    return DicomFields(
+        study_uid=str(md.get("study_instance_uid") or ""),
+        series_uid=str(md.get("series_instance_uid") or ""),
+        sop_uid=str(md["sop_instance_uid"]),
+        frame=int(md.get("frame") or 1),
+        modality=text("modality"), body_part=text("body_part"),
+        series_description=text("series_description"),
+        instance_number=int(number) if isinstance(number, int) else None,
+    )
 
 
 def _describe(i: int, filename: str) -> str:
@@ -79,12 +116,21 @@ def prepare_uploads(
             content_type=decoded.content_type,
             metadata={**_safe_metadata(decoded), **up.metadata},
             array=embedder.prepare(decoded.image),
+            decoded=decoded,
+            dicom=dicom_fields(decoded),
         ))
     return out
 
 
 def prepare_query(data: bytes, embedder: Embedder, decoder: Decoder) -> np.ndarray:
     return embedder.prepare(decode_checked(data, "file", decoder).image)
+
+
+def prepare_query_dicom(data: bytes, embedder: Embedder, decoder: Decoder
+                        ) -> tuple[np.ndarray, DicomFields | None]:
+    """The query's model input and, for a DICOM query, its identity (its study)."""
+    decoded = decode_checked(data, "file", decoder)
+    return embedder.prepare(decoded.image), dicom_fields(decoded)
 
 
 def render_upload(data: bytes, decoder: Decoder) -> bytes:

@@ -25,9 +25,12 @@ from pydicom.uid import (
     JPEGExtended12Bit,
 )
 
+from models.imaging import dicom_codecs
 from models.imaging.errors import CorruptImageError, UnsupportedTransferSyntaxError
 
 log = logging.getLogger(__name__)
+
+dicom_codecs.register()  # JPEG Lossless and 12-bit JPEG through imagecodecs (libjpeg-turbo)
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -89,11 +92,11 @@ def decoder_for(ts: UID, ds: Dataset) -> Decoder:
     if (
         ts == JPEGExtended12Bit
         and int(ds.get("BitsStored") or 8) != 8
-        and "pylibjpeg" not in decoder.available_plugins
+        and not {"pylibjpeg", dicom_codecs.LABEL} & set(decoder.available_plugins)
     ):
-        # Only pylibjpeg-libjpeg decodes 12-bit JPEG (pydicom's Pillow and GDCM plugins
-        # refuse it); without this check the failure would look like a corrupt file (422)
-        # instead of a limitation of this installation (415).
+        # Only pylibjpeg-libjpeg and imagecodecs decode 12-bit JPEG (pydicom's Pillow and
+        # GDCM plugins refuse it); without this check the failure would look like a corrupt
+        # file (422) instead of a limitation of this installation (415).
         raise cannot_decode(ts, " with 12-bit samples")
     return decoder
 
@@ -115,7 +118,15 @@ def decode_frame(decoder: Decoder, ds: Dataset, index: int) -> tuple[np.ndarray,
     return decoder.as_array(ds, index=index)
 
 
-def header_metadata(ds: Dataset, ts: UID, frames: int) -> dict[str, str | int | float]:
+def _integer(value: Any) -> int | None:
+    """An IS value as an int (None when absent or malformed)."""
+    try:
+        return int(str(value).strip()) if value is not None and str(value).strip() else None
+    except ValueError:
+        return None
+
+
+def header_metadata(ds: Dataset, ts: UID, frames: int) -> dict[str, str | int | float | None]:
     # Whitelist only: patient and operator fields are never touched.
     return {
         "modality": clean(ds.get("Modality")),
@@ -123,6 +134,9 @@ def header_metadata(ds: Dataset, ts: UID, frames: int) -> dict[str, str | int | 
         "study_instance_uid": clean_uid(ds.get("StudyInstanceUID")),
         "series_instance_uid": clean_uid(ds.get("SeriesInstanceUID")),
         "sop_instance_uid": clean_uid(ds.get("SOPInstanceUID")),
+        "series_description": clean(ds.get("SeriesDescription")),
+        "instance_number": _integer(ds.get("InstanceNumber")),
+        "frame": frames // 2 + 1 if frames > 1 else 1,  # 1-based: the one decoded
         "photometric": clean(ds.get("PhotometricInterpretation")),
         "rows": int(ds.Rows),
         "columns": int(ds.Columns),

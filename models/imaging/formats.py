@@ -34,7 +34,7 @@ class DecodedImage:
     image: Image.Image
     format: str
     content_type: str
-    metadata: dict[str, str | int | float]
+    metadata: dict[str, str | int | float | None]
 
 
 # Two-letter DICOM value representations: an explicit-VR element header carries one at

@@ -165,8 +165,8 @@ def _decode(image: Image.Image, fmt: str, size: tuple[int, int],
     except Exception as exc:  # OSError ("image file is truncated"), zlib.error, ...
         log.info("corrupt %s pixel data: %s", fmt, type(exc).__name__)
         raise CorruptImageError(f"{pil_format} image is corrupt or truncated") from None
-    metadata: dict[str, str | int | float] = {"width": width, "height": height,
-                                              "mode": source_mode}
+    metadata: dict[str, str | int | float | None] = {"width": width, "height": height,
+                                                     "mode": source_mode}
     if target is not None:
         metadata["decoded_width"], metadata["decoded_height"] = image.size
     return DecodedImage(image=image, format=fmt, content_type=CONTENT_TYPES[fmt],

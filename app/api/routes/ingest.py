@@ -28,6 +28,21 @@ def _labels(given: list[str] | None, n: int) -> list[str | None]:
     return [lab.strip() or None for lab in given]
 
 
+def _wado_urls(given: list[str] | None, n: int) -> list[str | None]:
+    if not given:
+        return [None] * n
+    if len(given) != n:
+        raise InvalidInput(f"got {len(given)} wado_url fields for {n} files: send one per file")
+    out: list[str | None] = []
+    for i, url in enumerate(given):
+        url = url.strip()
+        if url and (not url.startswith(("http://", "https://")) or len(url) > 2000
+                    or any(not c.isprintable() or c.isspace() for c in url)):
+            raise InvalidInput(f"wado_url field {i + 1} is not an http(s) URL")
+        out.append(url or None)
+    return out
+
+
 def _metadata(given: list[str] | None, n: int) -> list[dict[str, Any]]:
     if not given:
         return [{} for _ in range(n)]
@@ -99,6 +114,11 @@ async def index_images(
     metadata: Annotated[
         list[str] | None, Form(description="a JSON object per file, or one for all")
     ] = None,
+    wado_url: Annotated[
+        list[str] | None,
+        Form(description="one per file, in order (empty: none): the WADO-RS URL an archive "
+             "serves the DICOM instance at"),
+    ] = None,
 ) -> IndexResponse:
     """All-or-nothing: every file is checked and decoded before anything is stored.
 
@@ -110,9 +130,10 @@ async def index_images(
         )
     labels = _labels(label, len(files))
     metas = _metadata(metadata, len(files))
+    wados = _wado_urls(wado_url, len(files))
     uploads = [
-        Upload(await f.read(), f.filename or "", lab, meta)
-        for f, lab, meta in zip(files, labels, metas, strict=True)
+        Upload(await f.read(), f.filename or "", lab, meta, wado)
+        for f, lab, meta, wado in zip(files, labels, metas, wados, strict=True)
     ]
     items = await retriever.ingest(uploads)
     return IndexResponse(items=[

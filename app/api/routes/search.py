@@ -9,9 +9,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
 
 from app.api.deps import RetrieverDep, require_read_key
+from app.api.routes.gallery import Uid
 from app.api.routes.images import ItemId
-from app.api.schemas import UPLOAD_ERRORS, ErrorResponse, Prediction, SearchHit, SearchResponse
-from app.service.search import SearchOutcome
+from app.api.schemas import (
+    UPLOAD_ERRORS,
+    DicomInfo,
+    ErrorResponse,
+    Prediction,
+    SearchHit,
+    SearchResponse,
+)
+from app.service.links import Links
+from app.service.search import SearchOptions, SearchOutcome
 
 router = APIRouter(tags=["search"])
 
@@ -42,14 +51,24 @@ async def search(
         Query(description="search the predicted class (the paper's method) or everything"),
     ] = "predicted",
     label: LabelOverride = None,
+    group_by: Annotated[
+        Literal["series"] | None,
+        Query(description="series: up to k series, each as its best slice, with series_hits"),
+    ] = None,
+    exclude_study: Uid = None,
+    exclude_same_study: Annotated[
+        bool, Query(description="a DICOM query: leave its own study out")
+    ] = False,
 ) -> Response:
     t0 = time.perf_counter()
     data = await file.read()
-    out = await retriever.search(data, k, scope, label)
+    options = SearchOptions(group_by, exclude_study, exclude_same_study)
+    out = await retriever.search(data, k, scope, label, options)
     # Serialised here, by pydantic-core, in one pass: returned as a model, FastAPI would
     # dump, re-validate and re-encode it (about a third of the HTTP floor's time per
     # request). response_model above still documents and types the body.
-    return Response(search_response(out, t0).model_dump_json(), media_type="application/json")
+    body = search_response(out, t0, retriever.links).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -73,10 +92,10 @@ async def similar(
     the image itself left out."""
     t0 = time.perf_counter()
     out = await retriever.similar(item_id, k, scope, label)
-    return search_response(out, t0)
+    return search_response(out, t0, retriever.links)
 
 
-def search_response(out: SearchOutcome, t0: float) -> SearchResponse:
+def search_response(out: SearchOutcome, t0: float, links: Links) -> SearchResponse:
     return SearchResponse(
         prediction=Prediction(
             label=out.label, confidence=out.confidence, probabilities=out.probabilities,
@@ -86,7 +105,9 @@ def search_response(out: SearchOutcome, t0: float) -> SearchResponse:
         scope=out.scope,
         results=[
             SearchHit(id=h.id, score=h.score, label=h.label, image_url=f"/images/{h.id}",
-                      metadata=h.metadata, label_source=h.label_source)
+                      metadata=h.metadata, label_source=h.label_source,
+                      dicom=DicomInfo.of(h.dicom), wado_url=links.wado_url(h.dicom, h.wado_url),
+                      viewer_url=links.viewer_url(h.dicom), series_hits=h.series_hits)
             for h in out.hits
         ],
         warnings=out.warnings,

@@ -61,7 +61,7 @@ def _copy(db: sqlite3.Connection, files: Store, url: str, extra_labels: list[str
         return {"copied": 0, "skipped": 0, "seconds": 0.0}
     dim = int(meta["embedding_dim"])
     have = {r[1] for r in db.execute("PRAGMA table_info(items)")}
-    dicom = [c for c in DICOM_COLUMNS if c in have]
+    dicom = [c for c in (*DICOM_COLUMNS, "stored_as") if c in have]
     labels = sorted({r[0] for r in db.execute("SELECT DISTINCT label FROM items")}
                     | set(extra_labels))
     pg = PgStore(url)

@@ -66,9 +66,10 @@ def _v1(dim: int) -> list[str]:
         """CREATE TABLE items (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             sha256 text NOT NULL UNIQUE,
-            study_uid text, series_uid text, sop_uid text UNIQUE, frame integer,
+            study_uid text, series_uid text, sop_uid text, frame integer,
             modality text, body_part text, series_description text, instance_number integer,
             wado_url text,
+            stored_as text NOT NULL DEFAULT 'original',
             label text NOT NULL,
             label_source text NOT NULL CHECK (label_source IN ('given', 'predicted')),
             content_type text NOT NULL,
@@ -77,6 +78,8 @@ def _v1(dim: int) -> list[str]:
             in_distribution boolean,
             created timestamptz NOT NULL DEFAULT now()
         )""",
+        # One item per SOP instance and frame (issue 12's DICOM identity), as in SQLite.
+        "CREATE UNIQUE INDEX items_sop ON items (sop_uid, frame) WHERE sop_uid IS NOT NULL",
         "CREATE INDEX items_study_uid ON items (study_uid) WHERE study_uid IS NOT NULL",
         "CREATE INDEX items_series_uid ON items (series_uid) WHERE series_uid IS NOT NULL",
         "CREATE INDEX items_label ON items (label, id)",

@@ -27,18 +27,38 @@ import numpy as np
 
 from app.service.pg.db import check_reachable, open_pool, redact, unavailable_as_503
 from app.service.pg.schema import DICOM_COLUMNS, LOCK_KEY, ensure_hnsw, ensure_schema
-from app.service.store import Item, ItemFilter, LabelSource, NewItem, StoreMismatchError
+from app.service.store import (
+    DicomFields,
+    Item,
+    ItemFilter,
+    LabelSource,
+    NewItem,
+    StoredAs,
+    StoreMismatchError,
+)
 
 log = logging.getLogger(__name__)
 
 _COLUMNS = ("id, sha256, label, label_source, content_type, format, metadata, "
             "to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-            "in_distribution")
+            "in_distribution, " + ", ".join(DICOM_COLUMNS) + ", stored_as")
 
 
 def _item(row: Sequence[Any]) -> Item:
+    study, series, sop, frame, modality, body, desc, number, wado, stored = row[9:19]
+    dicom = DicomFields(study or "", series or "", sop, int(frame or 1), modality, body, desc,
+                        number) if sop else None
     return Item(int(row[0]), row[1], row[2], cast(LabelSource, row[3]), row[4], row[5],
-                row[6], row[7], row[8])
+                row[6], row[7], row[8], dicom, wado, cast(StoredAs, stored or "original"))
+
+
+def _dicom_values(it: NewItem) -> list[Any]:
+    """The values of :data:`DICOM_COLUMNS` for a new item (None where not DICOM)."""
+    d = it.dicom
+    fields = [None] * 8 if d is None else [
+        d.study_uid, d.series_uid, d.sop_uid, d.frame, d.modality, d.body_part,
+        d.series_description, d.instance_number]
+    return [*fields, it.wado_url]
 
 
 def _array(v: Any) -> np.ndarray:
@@ -161,6 +181,23 @@ class PgStore:
                                 (list(shas),)).fetchall()
         return {r[1]: _item(r) for r in rows}
 
+    def find_sop(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Item]:
+        """Stored DICOM items by (SOP Instance UID, frame)."""
+        if not keys:
+            return {}
+        with self._conn("read") as conn:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM items WHERE sop_uid = ANY(%s)",
+                                (sorted({sop for sop, _ in keys}),)).fetchall()
+        wanted = set(keys)
+        found = {item.dicom.key: item for item in map(_item, rows) if item.dicom is not None}
+        return {k: v for k, v in found.items() if k in wanted}
+
+    def sops_of_series(self, series_uid: str) -> set[str]:
+        with self._conn("read") as conn:
+            rows = conn.execute("SELECT sop_uid FROM items WHERE series_uid = %s AND "
+                                "sop_uid IS NOT NULL", (series_uid,)).fetchall()
+        return {r[0] for r in rows}
+
     def vectors(
         self, dim: int, ids: np.ndarray | None = None, chunk: int = 4096
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
@@ -209,20 +246,20 @@ class PgStore:
         ids: list[int] = []
         with self._conn("write", tx=True) as conn:
             for it in items:
-                dicom = [getattr(it, c, None) for c in DICOM_COLUMNS]
+                dicom = _dicom_values(it)
                 row = conn.execute(
                     "INSERT INTO items (sha256, label, label_source, content_type, format, "
-                    "metadata, in_distribution, " + ", ".join(DICOM_COLUMNS) + ") VALUES "
-                    "(%s, %s, %s, %s, %s, %s, %s" + ", %s" * len(DICOM_COLUMNS) + ") "
-                    "ON CONFLICT DO NOTHING RETURNING id",
+                    "metadata, in_distribution, " + ", ".join(DICOM_COLUMNS) + ", stored_as) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s" + ", %s" * len(DICOM_COLUMNS)
+                    + ", %s) ON CONFLICT DO NOTHING RETURNING id",
                     (it.sha256, it.label, it.label_source, it.content_type, it.format,
-                     json.dumps(it.metadata), it.in_distribution, *dicom),
+                     json.dumps(it.metadata), it.in_distribution, *dicom, it.stored_as),
                 ).fetchone()
                 if row is None:  # stored meanwhile (another replica, same bytes or SOP UID)
                     ids.append(int(conn.execute(
                         "SELECT id FROM items WHERE sha256 = %s OR (sop_uid IS NOT NULL AND "
-                        "sop_uid = %s) ORDER BY id LIMIT 1", (it.sha256, dicom[2])
-                    ).fetchone()[0]))
+                        "sop_uid = %s AND frame = %s) ORDER BY id LIMIT 1",
+                        (it.sha256, dicom[2], dicom[3])).fetchone()[0]))
                     continue
                 item_id = int(row[0])
                 conn.execute("INSERT INTO item_vectors (label, id, vector) VALUES (%s, %s, %s)",
@@ -238,6 +275,14 @@ class PgStore:
             row = conn.execute(f"DELETE FROM items WHERE id = %s RETURNING {_COLUMNS}",
                                (item_id,)).fetchone()
         return None if row is None else _item(row)
+
+    def delete_where(self, filt: ItemFilter) -> list[Item]:
+        """Every row matching ``filt`` (vectors and originals cascade), one transaction."""
+        where, params = filter_clauses(filt)
+        with self._conn("delete", tx=True) as conn:
+            rows = conn.execute(f"DELETE FROM items WHERE {where} RETURNING {_COLUMNS}",
+                                params).fetchall()
+        return [_item(r) for r in rows]
 
     def unlink_original(self, sha256: str) -> None:
         """Nothing to do: the original was deleted with its row."""
