@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +33,9 @@ from urllib.parse import quote
 
 import httpx
 
+from app.service.atomic import write_atomically
 from app.service.dicomweb import ArchiveError
-from app.service.sinks import Outcome, Sink, SinkError
+from app.service.sinks import OutcomeCounts, Sink, SinkError
 from app.service.uploads import Upload
 
 log = logging.getLogger(__name__)
@@ -68,16 +67,8 @@ class FollowState:
     def save(self, path: Path) -> None:
         """Atomically: a temporary file, fsync'd, renamed over the old state."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"url": self.url, "last": self.last, "studies": self.studies}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, json.dumps(
+            {"url": self.url, "last": self.last, "studies": self.studies}).encode())
 
 
 def probe_orthanc(url: str) -> None:
@@ -95,20 +86,9 @@ def probe_orthanc(url: str) -> None:
 
 
 @dataclass
-class FollowCounts:
+class FollowCounts(OutcomeCounts):
     series: int = 0
-    added: int = 0
-    duplicates: int = 0
-    failed: int = 0
     deleted_studies: int = 0
-
-    def count(self, outcome: Outcome) -> None:
-        if outcome == "added":
-            self.added += 1
-        elif outcome == "duplicate":
-            self.duplicates += 1
-        else:
-            self.failed += 1
 
 
 class OrthancFollower:

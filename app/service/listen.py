@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,8 +24,9 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+from app.service.atomic import write_atomically
 from app.service.links import instance_path
-from app.service.sinks import Sink, SinkError
+from app.service.sinks import OutcomeCounts, Sink, SinkError
 from app.service.store import DicomFields
 from app.service.uploads import Upload
 
@@ -58,11 +57,8 @@ SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
 
 
 @dataclass
-class ListenCounts:
+class ListenCounts(OutcomeCounts):
     received: int = 0
-    added: int = 0
-    duplicates: int = 0
-    failed: int = 0
 
 
 class Spool:
@@ -77,16 +73,7 @@ class Spool:
 
     def put(self, data: bytes) -> Path:
         path = self.root / f"{time.time_ns():020d}-{next(self._seq):06d}.dcm"
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data)
         return path
 
     def pending(self, limit: int) -> list[Path]:
@@ -181,12 +168,7 @@ class StoreScp:
             uploads.append(Upload(data, p.name, wado_url=_wado_url(data, self.dicomweb_url)))
         outcomes = self.sink.ingest(uploads)
         for p, outcome in zip(paths, outcomes, strict=True):
-            if outcome == "added":
-                self.counts.added += 1
-            elif outcome == "duplicate":
-                self.counts.duplicates += 1
-            else:
-                self.counts.failed += 1
+            self.counts.count(outcome)
             p.unlink(missing_ok=True)
         return len(paths)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from app.service.dicomweb import ArchiveError, DicomWebClient, InstanceRef
-from app.service.sinks import Outcome, Sink
+from app.service.sinks import Outcome, OutcomeCounts, Sink
 from app.service.uploads import Upload
 
 log = logging.getLogger(__name__)
@@ -30,23 +30,15 @@ BATCH = 16  # instances per ingest call (one forward pass, one commit)
 
 
 @dataclass
-class ImportCounts:
+class ImportCounts(OutcomeCounts):
+    """``duplicates``: fetched, and the same SOP instance was stored meanwhile; ``failed``:
+    the fetch or the decode failed (logged)."""
+
     instances: int = 0  # found by the walk
     already_stored: int = 0  # skipped without a fetch
-    added: int = 0
-    duplicates: int = 0  # fetched, and the same SOP instance was stored meanwhile
-    failed: int = 0  # fetch or decode failed (logged)
     listing_errors: int = 0  # a study's or series' listing failed (logged)
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
-
-    def count(self, outcome: Outcome) -> None:
-        if outcome == "added":
-            self.added += 1
-        elif outcome == "duplicate":
-            self.duplicates += 1
-        else:
-            self.failed += 1
 
     def summary(self) -> dict[str, float]:
         out = {k: v for k, v in vars(self).items() if k != "extra"}

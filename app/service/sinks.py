@@ -28,6 +28,24 @@ log = logging.getLogger(__name__)
 Outcome = Literal["added", "duplicate", "failed"]
 
 
+@dataclass
+class OutcomeCounts:
+    """What became of the instances a run handed to its sink."""
+
+    added: int = 0
+    duplicates: int = 0
+    failed: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome == "added":
+            self.added += 1
+        elif outcome == "duplicate":
+            self.duplicates += 1
+        else:
+            self.failed += 1
+
+
+
 class SinkError(Exception):
     """The destination itself failed (service unreachable, key refused): the run stops."""
 
