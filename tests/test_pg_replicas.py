@@ -105,6 +105,8 @@ def test_two_replicas_concurrent_writes(
             same.append(list(pool.map(send, urls)))
     for pair in same:
         assert pair[0]["id"] == pair[1]["id"]
+        # One replica stored it; the other answers with that row, as a duplicate.
+        assert sorted(p["duplicate"] for p in pair) == [False, True], pair
 
     rows = _rows(pg_url)
     assert len(rows) == len(acked) + len(same)  # no duplicates, nothing lost

@@ -158,12 +158,21 @@ class Ingester:
                 except StorageFull:
                     self.metrics.storage_full.inc()
                     raise
-                self._add(np.array(ids, np.int64), np.stack([it.vector for it in items]),
-                          [it.label for it in items])
+                # An id another replica committed meanwhile (same bytes or SOP instance at
+                # the same moment) is that replica's row: a duplicate, already searchable.
+                ours = [i for i, item_id in enumerate(ids) if item_id not in ids.existing]
+                if ours:
+                    self._add(np.array([ids[i] for i in ours], np.int64),
+                              np.stack([items[i].vector for i in ours]),
+                              [items[i].label for i in ours])
+                theirs = self.store.get_many(sorted(ids.existing)) if ids.existing else {}
                 for key, it, item_id in zip(keys, items, ids, strict=True):
-                    known[key] = Item(item_id, it.sha256, it.label, it.label_source,
-                                      it.content_type, it.format, it.metadata, "",
-                                      it.in_distribution, it.dicom, it.wado_url, it.stored_as)
+                    known[key] = theirs.get(item_id) or Item(
+                        item_id, it.sha256, it.label, it.label_source, it.content_type,
+                        it.format, it.metadata, "", it.in_distribution, it.dicom, it.wado_url,
+                        it.stored_as)
+                keys = [k for k, item_id in zip(keys, ids, strict=True)
+                        if item_id not in ids.existing]
         self.snapshotter.note_writes(len(items))
         self.metrics.ingested.inc(len(items))
         fresh = set(keys)

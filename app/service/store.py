@@ -146,6 +146,16 @@ class Item:
     stored_as: StoredAs = "original"
 
 
+class InsertedIds(list[int]):
+    """The ids :meth:`insert` gave, in order. ``existing``: those of items another writer
+    committed between our lookup and our insert (another replica of the shared backend,
+    same bytes or SOP instance at the same moment); they are duplicates, not new."""
+
+    def __init__(self, ids: Sequence[int] = (), existing: Sequence[int] = ()) -> None:
+        super().__init__(ids)
+        self.existing = set(existing)
+
+
 @dataclass(frozen=True)
 class NewItem:
     sha256: str
@@ -436,7 +446,7 @@ class Store:
         _fsync_dir(path.parent)
         return True
 
-    def insert(self, items: Sequence[NewItem]) -> list[int]:
+    def insert(self, items: Sequence[NewItem]) -> InsertedIds:
         """Write originals, then every row in one transaction; returns the new ids.
 
         All or nothing: on any failure the transaction is rolled back and the originals
@@ -457,7 +467,7 @@ class Store:
                 ) from e
             raise
 
-    def _insert_rows(self, items: Sequence[NewItem]) -> list[int]:
+    def _insert_rows(self, items: Sequence[NewItem]) -> InsertedIds:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         ids: list[int] = []
         with self._lock:
@@ -484,7 +494,7 @@ class Store:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-        return ids
+        return InsertedIds(ids)
 
     def delete(self, item_id: int) -> Item | None:
         """Delete the row (committed on return); the caller unlinks the original after."""

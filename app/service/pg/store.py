@@ -29,6 +29,7 @@ from app.service.pg.db import check_reachable, open_pool, redact, unavailable_as
 from app.service.pg.schema import DICOM_COLUMNS, LOCK_KEY, ensure_hnsw, ensure_schema
 from app.service.store import (
     DicomFields,
+    InsertedIds,
     Item,
     ItemFilter,
     LabelSource,
@@ -238,12 +239,13 @@ class PgStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    def insert(self, items: Sequence[NewItem]) -> list[int]:
+    def insert(self, items: Sequence[NewItem]) -> InsertedIds:
         """Rows, vectors and originals in one transaction; the ids, in order.
 
         An item whose sha256 (or SOP Instance UID) another replica committed meanwhile
         resolves to that row's id and writes nothing."""
         ids: list[int] = []
+        existing: list[int] = []
         with self._conn("write", tx=True) as conn:
             for it in items:
                 dicom = _dicom_values(it)
@@ -260,6 +262,7 @@ class PgStore:
                         "SELECT id FROM items WHERE sha256 = %s OR (sop_uid IS NOT NULL AND "
                         "sop_uid = %s AND frame = %s) ORDER BY id LIMIT 1",
                         (it.sha256, dicom[2], dicom[3])).fetchone()[0]))
+                    existing.append(ids[-1])
                     continue
                 item_id = int(row[0])
                 conn.execute("INSERT INTO item_vectors (label, id, vector) VALUES (%s, %s, %s)",
@@ -267,7 +270,7 @@ class PgStore:
                 conn.execute("INSERT INTO originals (sha256, data) VALUES (%s, %s)",
                              (it.sha256, it.data))
                 ids.append(item_id)
-        return ids
+        return InsertedIds(ids, existing)
 
     def delete(self, item_id: int) -> Item | None:
         """Row, vector and original in one statement (cascades), committed on return."""
