@@ -257,6 +257,13 @@ def cmd_migrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sink_argument(p: argparse.ArgumentParser) -> None:
+    """``--to``: where the archive commands put images (app.service.sinks)."""
+    p.add_argument("--to", metavar="SERVICE_URL",
+                   help="send to a running service (key from CBMIR_API_KEY) instead of "
+                   "writing CBMIR_DATA_DIR")
+
+
 def _concurrency(text: str) -> int:
     try:
         n = int(text)
@@ -355,9 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this study (repeatable); default: every study")
     i.add_argument("--modality", action="append", default=[], metavar="CT",
                    help="only series of this modality (repeatable)")
-    i.add_argument("--to", metavar="SERVICE_URL",
-                   help="send to a running service (key from CBMIR_API_KEY) instead of "
-                   "writing CBMIR_DATA_DIR")
+    _add_sink_argument(i)
     i.add_argument("--concurrency", type=_concurrency, default=3,
                    help="WADO-RS requests in flight, 1-4 (default 3)")
     i.add_argument("--no-progress", action="store_true")
@@ -374,9 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("follow", help="ingest each series an Orthanc makes stable "
                        "(polls /changes; restart-safe; reconciles deletions)")
     f.add_argument("--orthanc", required=True, metavar="URL", help="Orthanc's REST root")
-    f.add_argument("--to", metavar="SERVICE_URL",
-                   help="send to a running service (key from CBMIR_API_KEY) instead of "
-                   "writing CBMIR_DATA_DIR")
+    _add_sink_argument(f)
     f.add_argument("--state", type=Path, help="the cursor file (default: "
                    "CBMIR_DATA_DIR/follow/<hash of the URL>.json)")
     f.add_argument("--dicomweb-root", default="/dicom-web",
@@ -393,9 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--aet", default="CBMIR", help="this node's AE title (default CBMIR)")
     ls.add_argument("--port", type=int, default=11112)
     ls.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    ls.add_argument("--to", metavar="SERVICE_URL",
-                    help="send to a running service (key from CBMIR_API_KEY) instead of "
-                    "writing CBMIR_DATA_DIR")
+    _add_sink_argument(ls)
     ls.add_argument("--spool", type=Path, help="received files until ingested (default: "
                     "CBMIR_DATA_DIR/spool)")
     ls.add_argument("--list-syntaxes", action="store_true",

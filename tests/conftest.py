@@ -145,6 +145,14 @@ def client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
         yield c
 
 
+# The items table of cbmir 0.1's store, before the in_distribution and DICOM columns: the
+# migration tests open a data dir made with it.
+OLD_ITEMS_TABLE = """CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT NOT NULL UNIQUE, label TEXT NOT NULL, label_source TEXT NOT NULL,
+    content_type TEXT NOT NULL, format TEXT NOT NULL, metadata TEXT NOT NULL,
+    vector BLOB NOT NULL, created_at TEXT NOT NULL);"""
+
+
 def demo_files(per_class: int = 2) -> list[Path]:
     """The first ``per_class`` bundled demo images of every class (deterministic)."""
     return [p for c in CLASSES for p in sorted((DEMO_DIR / c).glob("*.jpeg"))[:per_class]]

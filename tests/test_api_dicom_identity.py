@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import OLD_ITEMS_TABLE
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -145,11 +146,7 @@ def test_group_by_series_and_exclude_study(
 def test_version_1_store_gains_the_columns(tmp_path: Path) -> None:
     """A data dir of the previous schema opens: the DICOM fields come from its metadata."""
     db = sqlite3.connect(tmp_path / "cbmir.sqlite3")
-    db.executescript("""
-        CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL UNIQUE,
-          label TEXT NOT NULL, label_source TEXT NOT NULL, content_type TEXT NOT NULL,
-          format TEXT NOT NULL, metadata TEXT NOT NULL, vector BLOB NOT NULL,
-          created_at TEXT NOT NULL);
+    db.executescript(OLD_ITEMS_TABLE + """
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);""")
     md = {"modality": "CT", "body_part": "CHEST", "study_instance_uid": "1.2.3",
           "series_instance_uid": "1.2.3.4", "sop_instance_uid": "1.2.3.4.5", "frames": 3}

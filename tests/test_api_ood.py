@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import demo_files, index_bytes, noise_png, upload
+from conftest import OLD_ITEMS_TABLE, demo_files, index_bytes, noise_png, upload
 from fastapi.testclient import TestClient
 
 from app.config import Settings, load_settings
@@ -152,11 +152,7 @@ def test_policy_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_store_made_before_the_column_gains_it(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "cbmir.sqlite3")
-    db.executescript("""
-        CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, sha256 TEXT NOT NULL UNIQUE,
-            label TEXT NOT NULL, label_source TEXT NOT NULL, content_type TEXT NOT NULL,
-            format TEXT NOT NULL, metadata TEXT NOT NULL, vector BLOB NOT NULL,
-            created_at TEXT NOT NULL);
+    db.executescript(OLD_ITEMS_TABLE + """
         INSERT INTO items VALUES (1, 'a', 'CXR', 'given', 'image/png', 'png', '{}', x'00000000',
             '2024-01-01T00:00:00Z');
     """)

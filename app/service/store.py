@@ -45,9 +45,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -57,6 +55,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
+from app.service.atomic import write_atomically
 from app.service.errors import StorageFull
 from app.service.faults import NO_FAULTS, Faults
 
@@ -233,14 +232,6 @@ def _is_disk_full(e: BaseException) -> bool:
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, errno.EDQUOT)
     return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == 13
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -431,19 +422,7 @@ class Store:
         if path.is_file() and path.stat().st_size == len(data):
             return False  # content-addressed: an orphan left by a crash holds these bytes
         path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data[: len(data) // 2])
-                self.faults.hit("disk_full")
-                f.write(data[len(data) // 2 :])
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        write_atomically(path, data, midway=lambda: self.faults.hit("disk_full"))
         return True
 
     def insert(self, items: Sequence[NewItem]) -> InsertedIds:
