@@ -49,6 +49,12 @@ WINDOWS: dict[str, tuple[float, float] | None] = {
 PYDICOM_FILES = {  # file → the class its image shows (read by eye), pydicom's own names
     "CT_small.dcm": "ChestCT", "RG1_UNCI.dcm": "CXR", "RG1_J2KR.dcm": "CXR",
     "693_UNCI.dcm": "HeadCT", "693_J2KR.dcm": "HeadCT",
+    "explicit_VR-UN.dcm": "AbdomenCT", "J2K_pixelrep_mismatch.dcm": "HeadCT",
+}
+OUT_OF_CLASS = {  # real files showing none of the 11 classes: the OOD flag should say so
+    "MR2_UNCI.dcm": "shoulder MR", "RG3_UNCI.dcm": "lower-leg radiograph",
+    "US1_UNCI.dcm": "lymph-node ultrasound", "JPGLosslessP14SV1_1s_1f_8b.dcm": "echocardiogram",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm": "abdominal MR", "bad_sequence.dcm": "neck CT (crop)",
 }
 
 
@@ -64,10 +70,14 @@ def window_png(path: Path, window: tuple[float, float] | None) -> bytes:
     return buf.getvalue()
 
 
-def _predict(client: TestClient, blob: bytes) -> str:
+def _answer(client: TestClient, blob: bytes) -> dict[str, Any]:
     r = client.post("/search?k=1", files={"file": ("q", blob)})
     r.raise_for_status()
-    return str(r.json()["prediction"]["label"])
+    return dict(r.json()["prediction"])
+
+
+def _predict(client: TestClient, blob: bytes) -> str:
+    return str(_answer(client, blob)["label"])
 
 
 def realworld(client: TestClient, data: Path) -> dict[str, Any]:
@@ -98,10 +108,13 @@ def other_scanners(client: TestClient) -> dict[str, Any]:
     except ImportError:
         log.warning("pydicom-data is not installed: its CR/CT files are left out")
     out = {}
-    for name, expected in PYDICOM_FILES.items():
+    for name, expected in (PYDICOM_FILES | OUT_OF_CLASS).items():
         path = next((r / name for r in roots if (r / name).is_file()), None)
         if path is not None:
-            out[name] = {"expected": expected, "predicted": _predict(client, path.read_bytes())}
+            pred = _answer(client, path.read_bytes())
+            out[name] = {"expected": expected, "predicted": pred["label"],
+                         "in_distribution": pred.get("in_distribution"),
+                         "class": name in PYDICOM_FILES}
     return out
 
 
@@ -188,10 +201,13 @@ def render_markdown(res: dict[str, Any]) -> str:
         th, ab = lv.get("thorax", {}), lv.get("abdomen-pelvis", {})
         lines.append(f"| {name} | {r['ChestCT']} | {th.get('ChestCT', 0)} / {sum(th.values())} "
                      f"| {ab.get('AbdomenCT', 0)} / {sum(ab.values())} | {lv.get('other', {})} |")
-    lines += ["", "## Other scanners (pydicom, pydicom-data)", "", "| file | shows | predicted |",
-              "|---|---|---|"]
-    lines += [f"| {k} | {v['expected']} | {v['predicted']} |"
-              for k, v in res["other_scanners"].items()]
+    lines += ["", "## Other scanners (pydicom, pydicom-data)", "",
+              "Files of the 11 classes, then files of none of them (right answer: flagged "
+              "out of distribution).", "",
+              "| file | shows | predicted | in distribution |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['expected']} | {v['predicted']} | {v.get('in_distribution')} |"
+              for k, v in sorted(res["other_scanners"].items(),
+                                 key=lambda kv: not kv[1].get("class", True))]
     lines += ["", "## Multimodal test images, re-rendered (accuracy)", "",
               "| rendering | accuracy |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in res["rerendered"].items()]
