@@ -49,6 +49,9 @@ class ModelConfig(BaseModel):
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 128])
     depths: list[int] = Field(default_factory=list)
     """Residual blocks per stage (``cbmir-resnet`` only; one per entry of ``widths``)."""
+    stem_convs: int = Field(default=1, ge=1, le=3)
+    """3×3 convolutions in the residual stem (``cbmir-resnet``): the first strides, the
+    others keep its resolution, before the pool. Checkpoints made before it have one."""
     fc_dims: list[int] = Field(default_factory=lambda: [256, 128])
     dropout: float = 0.2
     train_args: dict[str, Any] = Field(default_factory=dict)

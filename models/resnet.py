@@ -63,6 +63,7 @@ class CbmirResNet(RetrievalNet):
         depths: list[int],
         fc_dims: list[int],
         dropout: float = 0.2,
+        stem_convs: int = 1,
     ) -> None:
         super().__init__()
         if len(depths) != len(widths):
@@ -74,6 +75,9 @@ class CbmirResNet(RetrievalNet):
             nn.BatchNorm2d(w0),
             nn.ReLU(inplace=True),
         ]
+        for _ in range(stem_convs - 1):
+            stem += [nn.Conv2d(w0, w0, 3, 1, 1, bias=False), nn.BatchNorm2d(w0),
+                     nn.ReLU(inplace=True)]
         if pool:
             stem.append(nn.MaxPool2d(3, 2, 1))
         self.stem = nn.Sequential(*stem)
@@ -90,7 +94,7 @@ class CbmirResNet(RetrievalNet):
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> CbmirResNet:
         return cls(cfg.in_channels, cfg.num_classes, cfg.image_size, cfg.widths, cfg.depths,
-                   cfg.fc_dims, cfg.dropout)
+                   cfg.fc_dims, cfg.dropout, cfg.stem_convs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(self.stages(self.stem(x))), 1)

@@ -40,6 +40,7 @@ def test_tiny_training_gives_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert cfg.class_names == ["CXR", "Hand", "HeadCT"]
     assert (cfg.in_channels, cfg.image_size) == (1, 64)  # read off the images
     assert cfg.embedding_dim == model.embedding_dim == 16
+    assert cfg.stem_convs == 1  # 64 px: the stem does not pool (recipe.stem_convs)
     assert cfg.train_args["epochs"] == 1 and cfg.data_fingerprint
     assert cfg.metrics["best_epoch"] == 1 == res.best_epoch
     for name in ("model.safetensors", "config.json", "README.md", "training_curve.png"):
@@ -135,3 +136,32 @@ def test_cli_errors_are_one_line(tmp_path: Path, argv: list[str]) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("cbmir: error:")
     assert "Traceback" not in proc.stderr
+
+
+def test_deep_stem_round_trip(tmp_path: Path) -> None:
+    """At 96 px and up the recipe gives the stem a second convolution; it trains, saves and
+    loads back as the same network."""
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand"], 30)
+    out = tmp_path / "model"
+    args = TrainArgs(data=str(data), out=str(out), epochs=1, image_size=96, widths=[8, 16],
+                     fc_dims=[32, 16], progress=False)
+    train(args)
+    model, cfg = load_checkpoint(out)
+    assert cfg.stem_convs == 2
+    convs = [m for m in model.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1)]
+    # The served runner (ONNX) and the eager network agree on the deeper stem.
+    emb = Embedder.load(out, device="cpu")
+    x = np.random.default_rng(0).integers(0, 256, (2, 1, 96, 96), dtype=np.uint8)
+    eager = Embedder.load(out, device="cpu", onnx=False).embed_prepared(x)
+    assert np.allclose(emb.embed_prepared(x).vectors, eager.vectors, atol=1e-4)
+
+
+def test_epochs_follow_the_sample_budget_with_a_floor() -> None:
+    from models.training import recipe
+
+    assert recipe.auto_epochs(500, 200_000) == 300  # capped
+    assert recipe.auto_epochs(17_695, 200_000) == 11  # the default model's set
+    assert recipe.auto_epochs(47_000, 200_000) == recipe.MIN_EPOCHS == 8  # MedNIST-sized
+    assert recipe.auto_epochs(546, 200_000, image_size=128) == 183  # BUSI at 128 px
+    assert [recipe.stem_convs(s) for s in (32, 64, 96, 128)] == [1, 1, 2, 2]

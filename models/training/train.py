@@ -62,6 +62,7 @@ class TrainArgs(BaseModel):
     arch: Literal["cbmir-resnet", "cbmir-cnn"] = "cbmir-resnet"
     widths: list[int] | None = None
     depths: list[int] | None = None
+    stem_convs: int | None = Field(default=None, ge=1, le=3)
     fc_dims: list[int] | None = None
     dropout: float = Field(default=0.2, ge=0, lt=1)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
@@ -125,6 +126,7 @@ def _resolve(args: TrainArgs, ds: DatasetIndex, labels: np.ndarray) -> TrainArgs
         "fc_dims": args.fc_dims or ([256, recipe.EMBEDDING_DIM] if cnn
                                     else [recipe.EMBEDDING_DIM]),
         "balance": "on" if recipe.should_balance(labels, args.balance) else "off",
+        "stem_convs": args.stem_convs or (recipe.stem_convs(size) if not cnn else 1),
     })
 
 
@@ -153,7 +155,7 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
     cfg = ModelConfig(
         name=args.name or Path(args.out).name, arch=args.arch, in_channels=channels,
         image_size=size, class_names=ds.class_names, mean=[0.0] * channels, std=[1.0] * channels,
-        widths=args.widths, depths=args.depths or [],
+        widths=args.widths, depths=args.depths or [], stem_convs=args.stem_convs or 1,
         fc_dims=args.fc_dims, dropout=args.dropout,
         train_args=args.model_dump(exclude={"progress"}), data_fingerprint=ds.fingerprint,
     )
