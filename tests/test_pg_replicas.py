@@ -220,16 +220,3 @@ def test_serve_workers_share_one_database(tiny_model: Path, tmp_path: Path, pg_u
         assert srv.terminate() == 0
     assert len(_rows(pg_url)) == 6
 
-
-def test_workers_refused_on_the_embedded_backend(tiny_model: Path, tmp_path: Path) -> None:
-    import subprocess
-
-    from serverproc import CBMIR
-
-    env = server_env(CBMIR_MODEL_DIR=str(tiny_model), CBMIR_DATA_DIR=str(tmp_path / "d"))
-    r = subprocess.run([CBMIR, "serve", "--workers", "2"], env=env, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 2
-    assert r.stderr.strip() == ("cbmir: error: --workers N needs CBMIR_DATABASE_URL: the "
-                                "embedded backend's index lives in one process and its data "
-                                "dir takes one writer")
