@@ -65,17 +65,21 @@ def _search(url: str, data: bytes, **params: Any) -> tuple[list[dict[str, Any]],
     return r.json()["results"], r.headers["x-cbmir-worker"]
 
 
-def _sizes(url: str) -> dict[str, int]:
-    """/health's index size, per worker, once each has answered."""
-    sizes: dict[str, int] = {}
+def _healths(url: str) -> dict[str, dict[str, Any]]:
+    """/health of each worker, once both have answered."""
+    out: dict[str, dict[str, Any]] = {}
     for _ in range(ROUNDS):
         r = httpx.get(f"{url}/health", timeout=10)
         assert r.status_code == 200, r.text
-        sizes[r.headers["x-cbmir-worker"]] = r.json()["index"]["size"]
-        if len(sizes) == 2:
+        out[r.headers["x-cbmir-worker"]] = r.json()
+        if len(out) == 2:
             break
-    assert len(sizes) == 2, sizes
-    return sizes
+    assert len(out) == 2, out
+    return out
+
+
+def _sizes(url: str) -> dict[str, int]:
+    return {pid: h["index"]["size"] for pid, h in _healths(url).items()}
 
 
 def test_read_your_writes_whichever_worker_answers(served: ServerProc) -> None:
@@ -122,6 +126,9 @@ def test_deletes_relabels_and_counts_agree(served: ServerProc) -> None:
         if len(seen) == 2:
             break
     assert len(seen) == 2
+    # One worker saves the snapshots; both report the age of the one published (1 s ticks).
+    poll(lambda: all(h["snapshot"]["age_s"] < 5 for h in _healths(url).values()), 30,
+         "both workers to report a fresh snapshot")
 
 
 def test_same_bytes_to_both_workers_at_once_is_stored_once(served: ServerProc) -> None:

@@ -149,6 +149,10 @@ class Snapshotter:
         if self._catch_up is not None:
             self._catch_up()  # what other workers committed (noted as writes)
         if self.leader is not None and not self.leader.try_acquire():
+            # Another worker saves: the age reported is that of the snapshot it published.
+            self.state.saved_at = _published_at(self.directory, self.state.saved_at)
+            with self._dirty_lock:  # still dirty should it lead, but no wake-up per write
+                self._dirty = min(self._dirty, 1)
             return False
         with self._save_lock:
             with self._dirty_lock:
@@ -215,12 +219,13 @@ class NoSnapshots:
         pass
 
 
-def _published_at(directory: Path) -> float:
-    """When the published snapshot was written (its sidecar's mtime), else now."""
+def _published_at(directory: Path, otherwise: float | None = None) -> float:
+    """When the published snapshot was written (its sidecar's mtime), else ``otherwise``
+    (default: now)."""
     try:
         snap = storage.current_snapshot(directory)
         if snap is not None:
             return (snap / storage.SIDECAR).stat().st_mtime
     except (OSError, IndexCorruptError):
         pass
-    return time.time()
+    return time.time() if otherwise is None else otherwise
