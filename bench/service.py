@@ -62,7 +62,10 @@ def _service_settings() -> dict[str, Any]:
 def _measured(cfg: ServiceConfig, s: servers.Server, url: str, image: Path, c: int
               ) -> dict[str, Any]:
     """One load run, with the server's CPU use and (the service's) metrics deltas."""
-    metrics_url = None if s.name == "floor" else s.url
+    # /metrics of one of N workers is that worker's alone, and two scrapes may reach two
+    # different workers: no per-request means from it for a --workers variant.
+    several = int(cfg.variants.get(s.name, {}).get("WORKERS", "1")) > 1
+    metrics_url = None if s.name == "floor" or several else s.url
     before = Snapshot.take(s.proc.pid, metrics_url)
     r = run_load(cfg.tool, url, image, c, cfg.seconds)
     after = Snapshot.take(s.proc.pid, metrics_url)
