@@ -36,8 +36,13 @@ Design (durability and recovery)
   new label's sub-index. A snapshot records the last ``relabels.seq`` it includes, so at
   start the ids relabelled after it are moved too (same ids, new label: an id comparison
   alone would not see them).
+* **Deletions are logged** (schema version 3): a trigger writes every deleted id to
+  ``deletions`` in the deleting transaction. With ``relabels`` and the ids (given in commit
+  order), that is the change feed (:meth:`Store.changes_since`) by which each worker of
+  ``cbmir serve --workers N`` keeps its own index in step (:mod:`app.service.workers`).
 * ``DATA_DIR/.lock`` (``fcntl.flock``) is held while serving or bulk-indexing, so two
-  processes never write the same data directory.
+  processes never write the same data directory (under ``--workers N``: held by the
+  supervisor, whose workers serialise their writes on ``DATA_DIR/.write.lock``).
 """
 
 from __future__ import annotations
