@@ -4,7 +4,7 @@ hands it to either worker; ``X-Cbmir-Worker`` names the one that answered, and t
 run until both have (bounded). Read-your-writes whichever worker answers, deletes and
 relabels seen by both, counts that agree, one ``duplicate: false`` for the same bytes sent
 to both at once, a second server refused, a killed worker replaced while the other
-answers."""
+answers; and no worker outlives a killed supervisor."""
 
 from __future__ import annotations
 
@@ -180,3 +180,21 @@ def test_a_killed_worker_is_replaced_and_the_other_answers(served: ServerProc) -
     poll(replaced, 120, "a new worker to answer in place of the killed one")
     assert victim not in _pids(lambda: httpx.get(f"{url}/health", timeout=10))
     assert "died" in served.log()
+
+
+def test_workers_die_with_their_supervisor(tiny_model: Path, tmp_path: Path) -> None:
+    """``kill -9`` of the supervisor frees the data dir's lock: its workers must not keep
+    serving it (PR_SET_PDEATHSIG), so the next ``cbmir serve`` is alone on it."""
+    import psutil
+
+    with ServerProc(_env(tiny_model, tmp_path / "data"), tmp_path / "s.log") as srv:
+        srv.start(args=("--workers", "2"))
+        assert srv.proc is not None
+        workers = [c.pid for c in psutil.Process(srv.proc.pid).children()
+                   if "spawn_main" in " ".join(c.cmdline())]  # uvicorn's spawned workers
+        assert len(workers) == 2
+        srv.kill()
+        poll(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() !=
+                             psutil.STATUS_ZOMBIE for p in workers), 60,
+             "the workers to exit after their supervisor")
+        srv.start()  # the data dir is free again: one process, as by default
