@@ -160,9 +160,14 @@ def _run_workers(settings: Settings, host: str, port: int, workers: int) -> None
     its own model and batcher, all against the one database (or data dir). A worker
     that fails to load answers 503 ``failed`` on ``/health``; the supervisor restarts
     workers that die."""
+    import os
+
     import uvicorn
     from uvicorn.supervisors.multiprocess import Multiprocess
 
+    # The workers read their settings from the environment (uvicorn spawns them): this one
+    # tells them they are N (the X-Cbmir-Worker header; on the embedded backend, more).
+    os.environ["CBMIR_SUPERVISED_WORKERS"] = str(workers)
     config = uvicorn.Config("app.server:worker_app", factory=True, host=host, port=port,
                             workers=workers, **_uvicorn_options(settings))
     log.info("serving on http://%s:%d with %d workers (data in %s)", host, port, workers,
@@ -174,8 +179,6 @@ def _run_embedded_workers(settings: Settings, host: str, port: int, workers: int
     """The supervisor of N workers on one data dir (:mod:`app.service.workers`): it holds
     the data dir's lock for its whole life, and creates or migrates the store and removes
     orphaned originals once, before any worker starts."""
-    import os
-
     from app.service.lock import DataDirLock
     from app.service.store import Store
 
@@ -186,8 +189,6 @@ def _run_embedded_workers(settings: Settings, host: str, port: int, workers: int
             store.clean_orphans()
         finally:
             store.close()
-        # The workers read their settings from the environment (uvicorn spawns them).
-        os.environ["CBMIR_SUPERVISED_WORKERS"] = str(workers)
         _run_workers(settings, host, port, workers)
     finally:
         lock.release()

@@ -214,6 +214,9 @@ def test_serve_workers_share_one_database(tiny_model: Path, tmp_path: Path, pg_u
         # connections in a row (the kernel spreads them over the workers) get a 200.
         poll(lambda: all(httpx.get(f"{srv.url}/health", timeout=5).status_code == 200
                          for _ in range(20)), 60, "both workers to be ready")
+        pids = {httpx.get(f"{srv.url}/health", timeout=5).headers["x-cbmir-worker"]
+                for _ in range(20)}
+        assert pids <= {str(w.pid) for w in workers}  # each answer names its worker
         items = [_index(srv.url, png_bytes(300 + i)) for i in range(6)]
         for i, item in enumerate(items):
             assert _top1(srv.url, png_bytes(300 + i))["id"] == item["id"]
