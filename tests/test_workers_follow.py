@@ -9,7 +9,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,17 @@ def test_delete_where_and_what_changed_twice_between_catch_ups(
     # Every deletion path is logged (a trigger): here one commit of several rows.
     assert len(a.store.delete_where(ItemFilter(label_source="given"))) == 2
     assert b.follower.catch_up() == 2 and len(b.index) == 0
+
+
+def test_own_row_relabelled_by_another_before_a_catch_up(two: tuple[Worker, Worker]) -> None:
+    """a's own write is in a's index but past a's cursor; b relabels it: a moves it."""
+    a, b = two
+    (own,) = a.write(15)
+    b.follower.catch_up()
+    b.store.relabel(own, "B")
+    a.follower.catch_up()
+    assert a.index.label_counts() == {"B": 1}
+    assert int(a.index.search(_item(15).vector[None], 1, ["B"]).ids[0][0]) == own
 
 
 def test_applying_twice_is_harmless(two: tuple[Worker, Worker]) -> None:
@@ -208,3 +219,36 @@ def test_a_worker_refuses_a_lock_not_held_by_its_supervisor(tmp_path: Path) -> N
             check_supervised(tmp_path)
     finally:
         lock.release()
+
+
+def test_only_the_leader_saves_after_catching_up(two: tuple[Worker, Worker], tmp_path: Path
+                                                 ) -> None:
+    from app.service.snapshots import Snapshotter
+
+    a, b = two
+    snaps = tmp_path / "index"
+    made = []
+    def applied_relabels(f: Follower) -> Callable[[], int]:
+        return lambda: f.cursor.relabel_seq
+
+    for w in (a, b):
+        s = Snapshotter(w.index, w.store, snaps, "fp", every=10**6, seconds=3600,
+                        leader=LeaderLock(tmp_path), catch_up=w.follower.catch_up,
+                        relabel_seq=applied_relabels(w.follower))
+        w.follower.on_applied = s.note_writes
+        made.append(s)
+    sa, sb = made
+    try:
+        ids = b.write(60, 61)
+        a.store.relabel(a.write(62)[0], "B")
+        assert sa.snapshot(force=True)  # a leads from here on
+        assert not sb.snapshot(force=True)  # b does not save, but it did catch up
+        assert len(b.index) == 3
+        saved = FaissIndex.load(snaps)
+        assert set(ids) <= set(saved.ids().tolist()) and len(saved) == 3  # b's rows too
+        assert saved.extra["relabel_seq"] == a.follower.cursor.relabel_seq == 1
+        assert abs(sb.state.saved_at - sa.state.saved_at) < 5  # b: the published age
+    finally:
+        sa.close()
+        sb.close()
+        sa.leader.release()  # type: ignore[union-attr]

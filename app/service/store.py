@@ -626,7 +626,8 @@ class Store:
     def changes_since(self, cursor: ChangeCursor, dim: int) -> Changes:
         """Everything committed after ``cursor``, read in one transaction: rows added
         (ids are given in commit order: SQLite has one writer at a time), ids deleted,
-        and the rows relabelled (with their current label; deleted ones are absent)."""
+        and the rows relabelled (with their current label; deleted ones are absent; some
+        may be among the added too)."""
         with self._feed_lock:
             db = self._feed()
             db.execute("BEGIN")
@@ -638,10 +639,12 @@ class Store:
                 deleted = db.execute(
                     "SELECT DISTINCT item_id FROM deletions WHERE seq > ? AND seq <= ?",
                     (cursor.deletion_seq, now.deletion_seq)).fetchall()
+                # Whatever their id: a row this process added itself, not yet past its
+                # cursor, may have been relabelled by another since.
                 relabelled = db.execute(
                     "SELECT id, vector, label FROM items WHERE id IN (SELECT item_id FROM "
-                    "relabels WHERE seq > ? AND seq <= ?) AND id <= ? ORDER BY id",
-                    (cursor.relabel_seq, now.relabel_seq, cursor.item_id)).fetchall()
+                    "relabels WHERE seq > ? AND seq <= ?) ORDER BY id",
+                    (cursor.relabel_seq, now.relabel_seq)).fetchall()
             finally:
                 db.execute("COMMIT")
         return Changes(now, self._unpack(added, dim),
