@@ -1,7 +1,8 @@
 """``cbmir serve --workers 2`` on the embedded backend: a real supervisor and two workers on
 one data dir, on loopback. Every request below opens a new connection, so the kernel
 hands it to either worker; ``X-Cbmir-Worker`` names the one that answered, and the loops
-run until both have (bounded). Read-your-writes whichever worker answers, deletes and
+run until both have (bounded). Read-your-writes whichever worker answers (4 clients at
+once too), deletes and
 relabels seen by both, counts that agree, one ``duplicate: false`` for the same bytes sent
 to both at once, a second server refused, a killed worker replaced while the other
 answers; and no worker outlives a killed supervisor."""
@@ -94,6 +95,26 @@ def test_read_your_writes_whichever_worker_answers(served: ServerProc) -> None:
         if n >= 5 and crossed >= 3 and len(searched_by) == 2:
             break
     assert crossed >= 3 and len(searched_by) == 2, (crossed, searched_by)
+
+
+def test_concurrent_writers_each_read_their_writes(served: ServerProc) -> None:
+    """4 clients at once, each indexing then searching (new connections: any worker);
+    nothing lost, nothing twice, each item found by its writer's next search."""
+    before = next(iter(_sizes(served.url).values()))
+
+    def writer(w: int) -> list[int]:
+        ids = []
+        for i in range(6):
+            item, _ = _index(served.url, png_bytes(20_000 + 100 * w + i))
+            hits, _ = _search(served.url, png_bytes(20_000 + 100 * w + i))
+            assert hits[0]["id"] == item["id"]
+            ids.append(item["id"])
+        return ids
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [i for part in pool.map(writer, range(4)) for i in part]
+    assert len(set(ids)) == 24
+    assert set(_sizes(served.url).values()) == {before + 24}
 
 
 def test_deletes_relabels_and_counts_agree(served: ServerProc) -> None:
