@@ -2,10 +2,9 @@
 one data dir, on loopback. Every request below opens a new connection, so the kernel
 hands it to either worker; ``X-Cbmir-Worker`` names the one that answered, and the loops
 run until both have (bounded). Read-your-writes whichever worker answers (4 clients at
-once too), deletes and
-relabels seen by both, counts that agree, one ``duplicate: false`` for the same bytes sent
-to both at once, a second server refused, a killed worker replaced while the other
-answers; and no worker outlives a killed supervisor."""
+once too), deletes and relabels seen by both, counts that agree, one ``duplicate: false``
+for the same bytes sent to both at once, a second server refused, a killed worker replaced
+while the other answers; and no worker outlives a killed supervisor."""
 
 from __future__ import annotations
 
