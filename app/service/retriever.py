@@ -145,11 +145,12 @@ class Retriever:
                     sqlite.clean_orphans()
                 # Where SQLite stands before the index is reconciled with it: a follower
                 # re-reads anything committed from here on (app.service.workers).
-                version, cursor = sqlite.data_version(), sqlite.cursor()
+                feed = (sqlite.data_version(), sqlite.cursor()) if workers else None
                 faiss_index, dirty = open_index(sqlite, settings, cfg.embedding_dim,
                                                 cfg.fingerprint)
                 index = faiss_index
-                if workers:
+                if feed is not None:
+                    version, cursor = feed
                     shared = SharedWriteLock(settings.data_dir)
                     write_lock, leader = shared, LeaderLock(settings.data_dir)
                     follower = Follower(sqlite, faiss_index, shared.local, cursor, version)
