@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1,
-                   help="independent worker processes (PostgreSQL backend only)")
+                   help="worker processes on one socket (default 1; see the README)")
     s.set_defaults(func=cmd_serve)
     return p
 

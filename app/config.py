@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     dicomweb_url: str | None = None
     viewer_url_template: str | None = None
     store_originals: Literal["deidentified", "original", "none"] = "deidentified"
+    # Set by `cbmir serve --workers N` (N > 1, embedded backend) in its workers' environment,
+    # never by hand: the worker is one of N processes on this data dir (app.service.workers).
+    supervised_workers: int = Field(1, ge=1)
     # Test only, never set in production: fault points to arm, "point:action,..." (see
     # app.service.faults). Empty by default: nothing is armed.
     test_faults: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -155,6 +158,11 @@ class Settings(BaseSettings):
     def shared_backend(self) -> bool:
         """Rows and vectors in PostgreSQL (``CBMIR_DATABASE_URL``), not under DATA_DIR."""
         return self.database_url is not None
+
+    @property
+    def embedded_workers(self) -> bool:
+        """One of several ``cbmir serve --workers N`` processes on one data dir."""
+        return self.supervised_workers > 1 and not self.shared_backend
 
     @property
     def index_dir(self) -> Path:

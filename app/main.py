@@ -8,6 +8,7 @@ other route with 503 + ``Retry-After`` until the retriever is ready.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_handlers
-from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from app.api.middleware import BodyLimitMiddleware, MetricsMiddleware, WorkerHeaderMiddleware
 from app.api.routes import routers
 from app.api.routes.web import mount_web_files
 from app.config import Settings, load_settings
@@ -95,6 +96,12 @@ def create_app(
         loader = Loader(settings, metrics, on_fatal)
         app.state.loader = loader
         loader.start()
+        if settings.embedded_workers:
+            # One of N workers on a data dir: accept no connection until loaded, so a
+            # restarted worker leaves them to the others instead of answering 503.
+            await anyio.to_thread.run_sync(loader.done.wait)
+            if loader.error:
+                raise RuntimeError(f"worker failed to start: {loader.error}")
         try:
             yield
         finally:
@@ -118,4 +125,6 @@ def create_app(
             allow_headers=["X-API-Key", "Content-Type"],
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.supervised_workers > 1:  # which of the N processes answered (tests, ops)
+        app.add_middleware(WorkerHeaderMiddleware, pid=os.getpid())
     return app

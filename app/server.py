@@ -1,4 +1,6 @@
-"""``cbmir serve``: run the app under uvicorn, one worker (the model and index live in it).
+"""``cbmir serve``: run the app under uvicorn, one process by default (the model and index
+live in it); ``--workers N``: N processes on one socket, on either backend (the embedded
+one's design is in :mod:`app.service.workers`).
 
 Uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the lifespan exit: the
 batcher drains and the index is snapshotted. A failure while loading stops the server and
@@ -89,6 +91,15 @@ def worker_app() -> Any:
     from app.main import create_app
 
     settings = load_settings()
+    # A spawned process: the CLI's logging set-up did not come with it. The pid tells
+    # the workers' lines apart.
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    if settings.embedded_workers:
+        from app.service.workers import die_with_parent
+
+        die_with_parent()
     _process_setup(settings)
     return create_app(settings)
 
@@ -111,10 +122,10 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
 
     if workers < 1:
         raise ValueError("--workers must be at least 1")
-    if workers > 1 and not settings.shared_backend:
-        raise ValueError("--workers N needs CBMIR_DATABASE_URL: the embedded backend's "
-                         "index lives in one process and its data dir takes one writer")
     preflight(settings)
+    if workers > 1 and not settings.shared_backend:
+        _run_embedded_workers(settings, host, port, workers)
+        return
     if workers > 1:
         _run_workers(settings, host, port, workers)
         return
@@ -146,17 +157,41 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
 
 def _run_workers(settings: Settings, host: str, port: int, workers: int) -> None:
     """N independent processes on one listening socket (uvicorn's supervisor), each with
-    its own model, batcher and connection pool, all against the one database. A worker
+    its own model and batcher, all against the one database (or data dir). A worker
     that fails to load answers 503 ``failed`` on ``/health``; the supervisor restarts
     workers that die."""
+    import os
+
     import uvicorn
     from uvicorn.supervisors.multiprocess import Multiprocess
 
+    # The workers read their settings from the environment (uvicorn spawns them): this one
+    # tells them they are N (the X-Cbmir-Worker header; on the embedded backend, more).
+    os.environ["CBMIR_SUPERVISED_WORKERS"] = str(workers)
     config = uvicorn.Config("app.server:worker_app", factory=True, host=host, port=port,
                             workers=workers, **_uvicorn_options(settings))
     log.info("serving on http://%s:%d with %d workers (data in %s)", host, port, workers,
              _where(settings))
     Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+def _run_embedded_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    """The supervisor of N workers on one data dir (:mod:`app.service.workers`): it holds
+    the data dir's lock for its whole life, and creates or migrates the store and removes
+    orphaned originals once, before any worker starts."""
+    from app.service.lock import DataDirLock
+    from app.service.store import Store
+
+    lock = DataDirLock(settings.data_dir).acquire()
+    try:
+        store = Store(settings.data_dir)
+        try:
+            store.clean_orphans()
+        finally:
+            store.close()
+        _run_workers(settings, host, port, workers)
+    finally:
+        lock.release()
 
 
 def _where(settings: Settings) -> str:

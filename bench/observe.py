@@ -31,6 +31,25 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def tree_cpu_s(pid: int) -> float:
+    """:func:`proc_cpu_s` of ``pid`` and all its live descendants (``--workers N``)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        cpu = proc_cpu_s(p)
+        if cpu == cpu or p == pid:  # NaN: a child that ended meanwhile
+            total += cpu
+        todo.extend(parents.get(p, ()))
+    return total
+
+
 def machine_jiffies() -> tuple[int, int]:
     """(idle, total) jiffies of all CPUs since boot."""
     try:
@@ -64,7 +83,7 @@ class Snapshot:
     @classmethod
     def take(cls, pid: int, url: str | None) -> Snapshot:
         idle, total = machine_jiffies()
-        return cls(proc_cpu_s(pid), idle, total, scrape(url) if url else {})
+        return cls(tree_cpu_s(pid), idle, total, scrape(url) if url else {})
 
 
 def delta(before: Snapshot, after: Snapshot, requests: int, seconds: float) -> dict[str, Any]:

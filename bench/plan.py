@@ -36,11 +36,12 @@ class Plan:
     profile_seconds: int = 8  # py-spy on the service after the levels, when installed
     warmup: int = 2  # untimed calls before each timing
     http_warmup_s: int = 1  # load on each server before the levels
-    # Variant services run beside the default one (name -> extra environment): settings
-    # that can be tried without a code change, measured under the same load.
+    # Variant services run beside the default one (name -> extra environment; WORKERS=N is
+    # passed as --workers N): settings tried without a code change, under the same load.
     variants: dict[str, dict[str, str]] = field(default_factory=lambda: {
         "service-omp1": {"OMP_NUM_THREADS": "1"},
         "service-wait0": {"CBMIR_BATCH_WAIT_MS": "0"},
+        "service-workers2": {"WORKERS": "2"},  # cbmir serve --workers 2 (not a variable)
     })
 
 

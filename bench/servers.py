@@ -73,11 +73,14 @@ def service_env(model_dir: Path, data_dir: Path, **settings: str) -> dict[str, s
 
 @contextlib.contextmanager
 def service(model_dir: Path, data_dir: Path, log_dir: Path, name: str = "service",
-            extra_env: dict[str, str] | None = None, **settings: str) -> Iterator[Server]:
+            extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+            **settings: str) -> Iterator[Server]:
     """``cbmir serve`` (as ``python -m app.cli serve``: no PATH needed) on a free port;
-    ``settings`` become ``CBMIR_*`` variables, ``extra_env`` is added as is."""
+    ``settings`` become ``CBMIR_*`` variables, ``extra_env`` is added as is, ``args`` to
+    the command line (``--workers N``)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           *args]
     env = {**service_env(model_dir, data_dir, **settings), **(extra_env or {})}
     with _spawn(name, cmd, env, log_dir, port) as s:
         yield s

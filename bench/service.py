@@ -2,7 +2,9 @@
 work in-process on the same data dir (/search pipeline and /index ingestion).
 
 Besides the service as configured, variants (the same service with extra environment,
-e.g. ``OMP_NUM_THREADS=1``) can run side by side to test a setting without a code change.
+e.g. ``OMP_NUM_THREADS=1``, or ``WORKERS=2`` for ``cbmir serve --workers 2``) can run side
+by side to test a setting without a code change. A server's CPU is that of its process and
+all its descendants (the workers of ``--workers N``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ def _service_settings() -> dict[str, Any]:
 def _measured(cfg: ServiceConfig, s: servers.Server, url: str, image: Path, c: int
               ) -> dict[str, Any]:
     """One load run, with the server's CPU use and (the service's) metrics deltas."""
-    metrics_url = None if s.name == "floor" else s.url
+    # /metrics of one of N workers is that worker's alone, and two scrapes may reach two
+    # different workers: no per-request means from it for a --workers variant.
+    several = int(cfg.variants.get(s.name, {}).get("WORKERS", "1")) > 1
+    metrics_url = None if s.name == "floor" or several else s.url
     before = Snapshot.take(s.proc.pid, metrics_url)
     r = run_load(cfg.tool, url, image, c, cfg.seconds)
     after = Snapshot.take(s.proc.pid, metrics_url)
@@ -127,8 +132,15 @@ def spawn_all(model_dir: Path, cfg: ServiceConfig, work: Path) -> Iterator[list[
     with contextlib.ExitStack() as stack:
         floor = stack.enter_context(servers.floor(work))
         yield [floor, *(stack.enter_context(servers.service(
-            model_dir, work / f"{name}-data", work, name, extra_env=env, seed_demo=seed))
+            model_dir, work / f"{name}-data", work, name, seed_demo=seed, **_split(env)))
             for name, env in {"service": {}, **cfg.variants}.items())]
+
+
+def _split(variant: dict[str, str]) -> dict[str, Any]:
+    """A variant's environment, and ``WORKERS=N`` (not a variable) as ``--workers N``."""
+    env = {k: v for k, v in variant.items() if k != "WORKERS"}
+    args = ("--workers", variant["WORKERS"]) if "WORKERS" in variant else ()
+    return {"extra_env": env, "args": args}
 
 
 def bench_service(model_dir: Path, sets: ImageSets, cfg: ServiceConfig, work: Path,

@@ -166,7 +166,7 @@ def test_version_1_store_gains_the_columns(tmp_path: Path) -> None:
         assert first.dicom.frame == 2 and first.dicom.series_uid == "1.2.3.4"
         assert second and second.dicom is None  # the key is unique: the oldest keeps it
         assert png and png.dicom is None and png.stored_as == "original"
-        assert store.meta()["schema_version"] == "2"
+        assert store.meta()["schema_version"] == "3"  # and on to the deletion log
         assert set(store.find_sop([("1.2.3.4.5", 2)])) == {("1.2.3.4.5", 2)}
     finally:
         store.close()

@@ -214,22 +214,12 @@ def test_serve_workers_share_one_database(tiny_model: Path, tmp_path: Path, pg_u
         # connections in a row (the kernel spreads them over the workers) get a 200.
         poll(lambda: all(httpx.get(f"{srv.url}/health", timeout=5).status_code == 200
                          for _ in range(20)), 60, "both workers to be ready")
+        pids = {httpx.get(f"{srv.url}/health", timeout=5).headers["x-cbmir-worker"]
+                for _ in range(20)}
+        assert pids <= {str(w.pid) for w in workers}  # each answer names its worker
         items = [_index(srv.url, png_bytes(300 + i)) for i in range(6)]
         for i, item in enumerate(items):
             assert _top1(srv.url, png_bytes(300 + i))["id"] == item["id"]
         assert srv.terminate() == 0
     assert len(_rows(pg_url)) == 6
 
-
-def test_workers_refused_on_the_embedded_backend(tiny_model: Path, tmp_path: Path) -> None:
-    import subprocess
-
-    from serverproc import CBMIR
-
-    env = server_env(CBMIR_MODEL_DIR=str(tiny_model), CBMIR_DATA_DIR=str(tmp_path / "d"))
-    r = subprocess.run([CBMIR, "serve", "--workers", "2"], env=env, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 2
-    assert r.stderr.strip() == ("cbmir: error: --workers N needs CBMIR_DATABASE_URL: the "
-                                "embedded backend's index lives in one process and its data "
-                                "dir takes one writer")

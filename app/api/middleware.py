@@ -1,4 +1,5 @@
-"""The two pure ASGI middlewares: the request-size limit and the Prometheus HTTP metrics.
+"""The pure ASGI middlewares: the request-size limit, the Prometheus HTTP metrics, and
+the worker header of ``cbmir serve --workers N``.
 
 Both are hand-written on purpose, after looking at the libraries that do the job; each
 class says why it is kept.
@@ -145,3 +146,24 @@ class MetricsMiddleware:
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - t0)
+
+
+class WorkerHeaderMiddleware:
+    """``X-Cbmir-Worker: <pid>`` on every answer of one of N worker processes, so a client
+    (or a test) can tell which worker answered. Added only under ``--workers N``."""
+
+    def __init__(self, app: ASGIApp, pid: int) -> None:
+        self.app = app
+        self.header = (b"x-cbmir-worker", str(pid).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)

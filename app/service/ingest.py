@@ -24,8 +24,10 @@ take every thread the searches need.
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import numpy as np
@@ -64,11 +66,14 @@ class Ingester:
     batcher: MicroBatcher
     snapshotter: Snapshots
     metrics: Metrics
-    write_lock: threading.Lock
+    write_lock: AbstractContextManager[Any]
     ood: OodGate
     decoder: Decoder
     faults: Faults = NO_FAULTS
     originals: Policy = "deidentified"  # CBMIR_STORE_ORIGINALS (app.service.originals)
+    # `--workers N`: apply other workers' commits first, holding the write lock, so their
+    # rows met here are not mistaken for a failed add to repair (app.service.workers).
+    catch_up: Callable[[], int] | None = None
     _limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
 
     @property
@@ -132,6 +137,8 @@ class Ingester:
                 one.vectors, p.array[None])[0]
 
         with self.metrics.stage.labels("commit").time(), self.write_lock:
+            if self.catch_up is not None:
+                self.catch_up()
             known = self._known(prepared)
             new: dict[Key, NewItem] = {}
             for n, p in enumerate(prepared):

@@ -4,9 +4,10 @@ its deletion."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class Items:
     store: ItemStore
     index: ServiceIndex
     snapshotter: Snapshots
-    write_lock: threading.Lock
+    write_lock: AbstractContextManager[Any]
     links: Links = Links()
     # WADO-RS URL -> DICOM bytes, when CBMIR_DICOMWEB_URL names an archive; raises
     # app.service.dicomweb.ArchiveError.

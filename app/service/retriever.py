@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +35,19 @@ from app.service.snapshots import NoSnapshots, Snapshotter, open_index
 from app.service.store import Item, ItemFilter, Store
 from app.service.thumbnails import Thumbnail, Thumbnails
 from app.service.uploads import Upload, render_upload
+from app.service.workers import Follower, LeaderLock, SharedWriteLock, check_supervised
 from models.embed import Embedder
 
 log = logging.getLogger(__name__)
+
+
+def _worker_snapshots(follower: Follower | None, leader: LeaderLock | None) -> dict[str, Any]:
+    """The snapshotter's options for one of N workers: only the leader saves, after a
+    catch-up, recording the relabels its index has applied (app.service.workers)."""
+    if follower is None:
+        return {}
+    return {"leader": leader, "catch_up": follower.catch_up,
+            "relabel_seq": lambda: follower.cursor.relabel_seq}
 
 
 @dataclass
@@ -50,8 +61,11 @@ class Retriever:
     metrics: Metrics
     ood: OodGate
     lock: DataDirLock | None = None
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    write_lock: AbstractContextManager[Any] = field(default_factory=threading.Lock)
     faults: Faults = NO_FAULTS
+    # `cbmir serve --workers N` on the embedded backend (app.service.workers); else None.
+    follower: Follower | None = None
+    leader: LeaderLock | None = None
     ingester: Ingester = field(init=False, repr=False)
     searcher: Searcher = field(init=False, repr=False)
     items: Items = field(init=False, repr=False)
@@ -64,11 +78,14 @@ class Retriever:
         self.links = Links(s.dicomweb_url, s.viewer_url_template)
         self.decoder = Decoder(DecodeGate(int(s.decode_memory_mb * MB)),
                                s.decode_pixel_cap or pixel_cap_for(self.embedder.config))
+        f = self.follower
         self.ingester = Ingester(self.embedder, self.store, self.index, self.batcher,
                                  self.snapshotter, self.metrics, self.write_lock, self.ood,
-                                 self.decoder, self.faults, s.store_originals)
+                                 self.decoder, self.faults, s.store_originals,
+                                 f.catch_up_locked if f is not None else None)
         self.searcher = Searcher(self.embedder, self.store, self.index, self.batcher,
-                                 self.metrics, self.ood, self.decoder)
+                                 self.metrics, self.ood, self.decoder,
+                                 f.catch_up if f is not None else None)
         self.metrics.track_decode(self.decoder.gate.usage)
         self.items = Items(self.store, self.index, self.snapshotter, self.write_lock,
                            self.links, self._archive_fetcher())
@@ -96,9 +113,17 @@ class Retriever:
         migrate its schema) and check the model against the stored vectors."""
         metrics = metrics or Metrics()
         # The data-dir lock keeps a second process off SQLite and the FAISS snapshot; the
-        # shared backend has neither, and any number of replicas may run against it.
-        lock = None if settings.shared_backend else DataDirLock(settings.data_dir).acquire()
+        # shared backend has neither, and any number of replicas may run against it. The
+        # workers of `cbmir serve --workers N` share their supervisor's.
+        workers = settings.embedded_workers
+        if workers:
+            check_supervised(settings.data_dir)
+        lock = None if settings.shared_backend or workers else DataDirLock(
+            settings.data_dir).acquire()
         store: ItemStore | None = None
+        follower: Follower | None = None
+        leader: LeaderLock | None = None
+        write_lock: AbstractContextManager[Any] = threading.Lock()
         try:
             embedder = Embedder.load(settings.model_dir, settings.device)
             cfg = embedder.config
@@ -116,16 +141,27 @@ class Retriever:
                 sqlite = Store(settings.data_dir, faults)
                 store = sqlite
                 sqlite.check_model(cfg.fingerprint, cfg.embedding_dim, cfg.name)
-                sqlite.clean_orphans()
+                if not workers:  # the supervisor did, before any worker could be writing
+                    sqlite.clean_orphans()
+                # Where SQLite stands before the index is reconciled with it: a follower
+                # re-reads anything committed from here on (app.service.workers).
+                feed = (sqlite.data_version(), sqlite.cursor()) if workers else None
                 faiss_index, dirty = open_index(sqlite, settings, cfg.embedding_dim,
                                                 cfg.fingerprint)
                 index = faiss_index
+                if feed is not None:
+                    version, cursor = feed
+                    shared = SharedWriteLock(settings.data_dir)
+                    write_lock, leader = shared, LeaderLock(settings.data_dir)
+                    follower = Follower(sqlite, faiss_index, shared.local, cursor, version)
                 snapshotter = Snapshotter(
                     faiss_index, sqlite, settings.index_dir, cfg.fingerprint,
                     every=settings.snapshot_every, seconds=settings.snapshot_seconds,
                     dirty=dirty, faults=faults, on_failure=metrics.snapshot_failures.inc,
+                    **_worker_snapshots(follower, leader),
                 )
-            write_lock = threading.Lock()
+                if follower is not None:
+                    follower.on_applied = snapshotter.note_writes
             batcher = MicroBatcher(
                 embedder.embed_prepared, max_batch=settings.batch_max_size,
                 wait_ms=settings.batch_wait_ms, max_queue=settings.max_queue,
@@ -137,11 +173,13 @@ class Retriever:
                 store.close()
             if lock is not None:
                 lock.release()
+            if leader is not None:
+                leader.release()
             raise
         metrics.track(lambda: len(index), lambda: batcher.pending,
                       snapshot_age=lambda: snapshotter.state.age_s)
         return cls(settings, embedder, store, index, batcher, snapshotter, metrics, ood, lock,
-                   write_lock, faults)
+                   write_lock, faults, follower, leader)
 
     def close(self) -> None:
         """Drain the batcher, write the final snapshot, release the data dir."""
@@ -150,10 +188,23 @@ class Retriever:
         self.store.close()
         if self.lock is not None:
             self.lock.release()
+        if self.leader is not None:
+            self.leader.release()
+        if isinstance(self.write_lock, SharedWriteLock):
+            self.write_lock.close()
+
+    def catch_up(self, timeout: float = -1) -> None:
+        """Apply what other workers committed (``--workers N``; else nothing to do)."""
+        if self.follower is not None:
+            self.follower.catch_up(timeout)
 
     @property
     def classes(self) -> list[str]:
         return self.embedder.class_names
+
+    def behind(self) -> bool:
+        """Whether another worker committed something this one has not applied yet."""
+        return self.follower is not None and self.follower.behind()
 
     def health(self) -> dict[str, Any]:
         """What is loaded and whether it works; reads no lock, so it answers at once even

@@ -15,6 +15,7 @@ non-DICOM image is a series of its own); ``exclude_study`` leaves a study's slic
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -94,6 +95,9 @@ class Searcher:
     metrics: Metrics
     ood: OodGate
     decoder: Decoder
+    # `--workers N`: apply what other workers committed before ranking (read-your-writes
+    # whichever worker answers; app.service.workers). One PRAGMA when nothing changed.
+    catch_up: Callable[[], int] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -150,6 +154,8 @@ class Searcher:
         # (index rebuilds) keeps its threads.
         faiss.omp_set_num_threads(1)
         n = max(k, CANDIDATES_PER_RESULT * k) if options.widens else k
+        if self.catch_up is not None:
+            self.catch_up()
         with self.metrics.stage.labels("search").time():
             res = self.index.search(emb.vectors, n, labels)
         ids = [int(i) for i in res.ids[0] if i >= 0]

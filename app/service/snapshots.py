@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from app.config import Settings
 from app.service.faults import NO_FAULTS, Faults
 from app.service.store import Store
 from index import FaissIndex, IndexCorruptError, IndexMismatchError, storage
+
+if TYPE_CHECKING:
+    from app.service.workers import LeaderLock
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +117,14 @@ class Snapshotter:
     def __init__(
         self, index: FaissIndex, store: Store, directory: Path, fingerprint: str,
         *, every: int, seconds: float, dirty: bool = False, faults: Faults = NO_FAULTS,
-        on_failure: Callable[[], None] | None = None,
+        on_failure: Callable[[], None] | None = None, leader: LeaderLock | None = None,
+        catch_up: Callable[[], int] | None = None, relabel_seq: Callable[[], int] | None = None,
     ) -> None:
         self.index, self.store, self.directory = index, store, directory
+        # `cbmir serve --workers N` (app.service.workers): only the leader saves; every
+        # worker catches up with SQLite first; the relabel sequence its index has applied.
+        self.leader, self._catch_up = leader, catch_up
+        self._relabel_seq = relabel_seq or store.relabel_seq
         self.fingerprint = fingerprint
         self.every, self.seconds = every, seconds
         self.faults = faults
@@ -138,6 +146,14 @@ class Snapshotter:
             self._wake.set()
 
     def snapshot(self, *, force: bool = False) -> bool:
+        if self._catch_up is not None:
+            self._catch_up()  # what other workers committed (noted as writes)
+        if self.leader is not None and not self.leader.try_acquire():
+            # Another worker saves: the age reported is that of the snapshot it published.
+            self.state.saved_at = _published_at(self.directory, self.state.saved_at)
+            with self._dirty_lock:  # still dirty should it lead, but no wake-up per write
+                self._dirty = min(self._dirty, 1)
+            return False
         with self._save_lock:
             with self._dirty_lock:
                 taken = self._dirty
@@ -147,7 +163,7 @@ class Snapshotter:
             # Read before the save and no lock held: a relabel during the save has a later
             # sequence number, so start-up re-applies it whichever label the files caught.
             extra = {"max_id": self.store.max_id(), "model_fingerprint": self.fingerprint,
-                     "relabel_seq": self.store.relabel_seq()}
+                     "relabel_seq": self._relabel_seq()}
             try:
                 self.index.save(self.directory, extra=extra,
                                 before_publish=lambda: self.faults.hit("snapshot_write"),
@@ -203,12 +219,13 @@ class NoSnapshots:
         pass
 
 
-def _published_at(directory: Path) -> float:
-    """When the published snapshot was written (its sidecar's mtime), else now."""
+def _published_at(directory: Path, otherwise: float | None = None) -> float:
+    """When the published snapshot was written (its sidecar's mtime), else ``otherwise``
+    (default: now)."""
     try:
         snap = storage.current_snapshot(directory)
         if snap is not None:
             return (snap / storage.SIDECAR).stat().st_mtime
     except (OSError, IndexCorruptError):
         pass
-    return time.time()
+    return time.time() if otherwise is None else otherwise

@@ -36,8 +36,13 @@ Design (durability and recovery)
   new label's sub-index. A snapshot records the last ``relabels.seq`` it includes, so at
   start the ids relabelled after it are moved too (same ids, new label: an id comparison
   alone would not see them).
+* **Deletions are logged** (schema version 3): a trigger writes every deleted id to
+  ``deletions`` in the deleting transaction. With ``relabels`` and the ids (given in commit
+  order), that is the change feed (:meth:`Store.changes_since`) by which each worker of
+  ``cbmir serve --workers N`` keeps its own index in step (:mod:`app.service.workers`).
 * ``DATA_DIR/.lock`` (``fcntl.flock``) is held while serving or bulk-indexing, so two
-  processes never write the same data directory.
+  processes never write the same data directory (under ``--workers N``: held by the
+  supervisor, whose workers serialise their writes on ``DATA_DIR/.write.lock``).
 """
 
 from __future__ import annotations
@@ -83,7 +88,17 @@ CREATE TABLE IF NOT EXISTS relabels (
     item_id INTEGER NOT NULL
 );
 """
-SCHEMA_VERSION = 2
+# Version 3: every deleted id is logged (by a trigger, in the deleting transaction), so
+# the other processes of `cbmir serve --workers N` can remove it from their indexes.
+_DELETIONS = """
+CREATE TABLE IF NOT EXISTS deletions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS items_deleted AFTER DELETE ON items
+BEGIN INSERT INTO deletions (item_id) VALUES (old.id); END;
+"""
+SCHEMA_VERSION = 3
 # Added by version 2 (name, SQL type); the DICOM identity and where an item came from.
 _V2_COLUMNS = (
     ("study_uid", "TEXT"), ("series_uid", "TEXT"), ("sop_uid", "TEXT"), ("frame", "INTEGER"),
@@ -190,7 +205,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         log.info("store: added column in_distribution (existing rows: NULL)")
     if "sop_uid" not in have:
         _migrate_v2(db)
-    db.executescript(_INDEXES)
+    db.executescript(_INDEXES + _DELETIONS)
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                (str(SCHEMA_VERSION),))
 
@@ -256,6 +271,8 @@ class Store:
         _migrate(self._db)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._feed_conn: sqlite3.Connection | None = None
+        self._feed_lock = threading.Lock()
         self._closed = False
 
     def close(self) -> None:
@@ -398,6 +415,8 @@ class Store:
 
     @staticmethod
     def _unpack(rows: list[Any], dim: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        if not rows:
+            return np.empty(0, np.int64), np.empty((0, dim), np.float32), []
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
         return ids, vecs.astype(np.float32), [r[2] for r in rows]
@@ -566,6 +585,96 @@ class Store:
                 "SELECT DISTINCT item_id FROM relabels WHERE seq > ? ORDER BY item_id", (seq,)
             ).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+    # -- the change feed of `cbmir serve --workers N` (app.service.workers) -------------
+
+    def _feed(self) -> sqlite3.Connection:
+        """The feed's own read-only connection (callers hold ``_feed_lock``): its
+        ``PRAGMA data_version`` changes exactly when another connection committed."""
+        if self._feed_conn is None:
+            with self._lock:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+                self._feed_conn = sqlite3.connect(
+                    f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True,
+                    check_same_thread=False, isolation_level=None,
+                )
+                self._readers.append(self._feed_conn)
+        return self._feed_conn
+
+    def data_version(self) -> int:
+        """A number that changes whenever any connection (this process's writer included)
+        has committed since the last call; one ``PRAGMA``, a few microseconds."""
+        with self._feed_lock:
+            return int(self._feed().execute("PRAGMA data_version").fetchone()[0])
+
+    def cursor(self) -> ChangeCursor:
+        """Where the change feed stands now (for :meth:`changes_since`)."""
+        with self._feed_lock:
+            return self._cursor_locked(self._feed())
+
+    @staticmethod
+    def _cursor_locked(db: sqlite3.Connection) -> ChangeCursor:
+        row = db.execute(
+            "SELECT (SELECT MAX(id) FROM items), (SELECT MAX(seq) FROM deletions), "
+            "(SELECT MAX(seq) FROM relabels), (SELECT seq FROM sqlite_sequence "
+            "WHERE name = 'items')").fetchone()
+        # The items sequence, not MAX(id): an id given and deleted since is still used.
+        return ChangeCursor(int(row[3] or row[0] or 0), int(row[1] or 0), int(row[2] or 0))
+
+    def changes_since(self, cursor: ChangeCursor, dim: int) -> Changes:
+        """Everything committed after ``cursor``, read in one transaction: rows added
+        (ids are given in commit order: SQLite has one writer at a time), ids deleted,
+        and the rows relabelled (with their current label; deleted ones are absent; some
+        may be among the added too)."""
+        with self._feed_lock:
+            db = self._feed()
+            db.execute("BEGIN")
+            try:
+                now = self._cursor_locked(db)
+                added = db.execute(
+                    "SELECT id, vector, label FROM items WHERE id > ? ORDER BY id",
+                    (cursor.item_id,)).fetchall()
+                deleted = db.execute(
+                    "SELECT DISTINCT item_id FROM deletions WHERE seq > ? AND seq <= ?",
+                    (cursor.deletion_seq, now.deletion_seq)).fetchall()
+                # Whatever their id: a row this process added itself, not yet past its
+                # cursor, may have been relabelled by another since.
+                relabelled = db.execute(
+                    "SELECT id, vector, label FROM items WHERE id IN (SELECT item_id FROM "
+                    "relabels WHERE seq > ? AND seq <= ?) ORDER BY id",
+                    (cursor.relabel_seq, now.relabel_seq)).fetchall()
+            finally:
+                db.execute("COMMIT")
+        return Changes(now, self._unpack(added, dim),
+                       np.array(sorted(r[0] for r in deleted), dtype=np.int64),
+                       self._unpack(relabelled, dim))
+
+
+@dataclass(frozen=True)
+class ChangeCursor:
+    """How far a process has followed the store: the last item id given, the last
+    deletion and the last relabel (their ``seq``)."""
+
+    item_id: int = 0
+    deletion_seq: int = 0
+    relabel_seq: int = 0
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What :meth:`Store.changes_since` read: (ids, vectors, labels) of the rows added and
+    of those relabelled, the ids deleted, and the cursor they bring a follower to."""
+
+    cursor: ChangeCursor
+    added: tuple[np.ndarray, np.ndarray, list[str]]
+    deleted: np.ndarray
+    relabelled: tuple[np.ndarray, np.ndarray, list[str]]
+
+    @property
+    def empty(self) -> bool:
+        return not (len(self.added[0]) or len(self.deleted) or len(self.relabelled[0]))
 
 
 @dataclass(frozen=True)

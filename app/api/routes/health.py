@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.schemas import HealthResponse, StartingResponse
 
 router = APIRouter(tags=["health"])
+# How long /health and /metrics wait for this worker's write lock to apply other workers'
+# commits (--workers N) before answering with the counts they have.
+CATCH_UP_WAIT_S = 1.0
 
 
 @router.get(
@@ -26,4 +30,7 @@ async def health(request: Request) -> HealthResponse | JSONResponse:
         return JSONResponse(
             body.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "1"}
         )
-    return HealthResponse.model_validate(loader.retriever.health())
+    retriever = loader.retriever
+    if retriever.behind():  # --workers N: count what another worker just committed
+        await anyio.to_thread.run_sync(retriever.catch_up, CATCH_UP_WAIT_S)
+    return HealthResponse.model_validate(retriever.health())
