@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install serve test deps-test lint bench bench-quick bench-scale soak clean
+.PHONY: install serve test deps-test lint bench bench-quick bench-scale bench-rebuild soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,6 +58,10 @@ clean:
 # Longer crash/concurrency soak (10x the images, 11 kills); not part of `make test`.
 soak: $(STAMP)
 	CBMIR_SOAK=1 $(BIN)/python -m pytest -s tests/test_reliability_crash.py tests/test_reliability_concurrency.py
+
+# Search and /health latency while a 1M-vector sub-index is built into IVF in the service.
+bench-rebuild: $(STAMP)
+	$(BIN)/python -m bench.rebuild
 
 # The PostgreSQL + pgvector figures (1M vectors, replicas) beside embedded FAISS, in one
 # run (~15 min on 2 cores): bench/pg_results.json and its section of bench/RESULTS.md.

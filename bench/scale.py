@@ -11,8 +11,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from app.service.store import DB_FILE, Store
 from bench import servers
@@ -44,10 +47,12 @@ def _probe(model_dir: Path, index_dir: Path, timeout_s: float) -> dict[str, Any]
     return res
 
 
-def _fill_store(data_dir: Path, src: VectorSource, n: int, embedder: Embedder) -> float:
-    """N rows as the service stores them (vector blob, label, fake content hash; no original
-    files: start-up never reads them). Written directly: embedding N images is not the
-    point here, and the service's start-up path is the same."""
+def fill_store(data_dir: Path, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+               embedder: Embedder) -> float:
+    """Rows as the service stores them, from (ids, vectors, labels) chunks (vector blob,
+    label, fake content hash; no original files: start-up never reads them). Written
+    directly: embedding N images is not the point here, and the service's start-up path
+    is the same."""
     t0 = time.perf_counter()
     cfg = embedder.config
     store = Store(data_dir)  # creates the schema
@@ -60,7 +65,7 @@ def _fill_store(data_dir: Path, src: VectorSource, n: int, embedder: Embedder) -
     try:
         db.execute("PRAGMA synchronous=OFF")  # bulk load of a throwaway benchmark store
         db.execute("BEGIN")
-        for ids, vecs, labels in gallery_chunks(src, n):
+        for ids, vecs, labels in chunks:
             db.executemany(
                 "INSERT INTO items (id, sha256, label, label_source, content_type, format,"
                 " metadata, vector, created_at) VALUES (?, ?, ?, 'given', 'image/jpeg', 'jpeg',"
@@ -141,7 +146,7 @@ def bench_scale(src: VectorSource, n: int, kept: Kept, embedder: Embedder, model
 def _service_start(src: VectorSource, n: int, embedder: Embedder, model_dir: Path,
                    data_dir: Path, work: Path, approx_min_size: int, tool: str, image: bytes,
                    seconds: int, timeout_s: float) -> dict[str, Any]:
-    res: dict[str, Any] = {"fill_store_s": _fill_store(data_dir, src, n, embedder)}
+    res: dict[str, Any] = {"fill_store_s": fill_store(data_dir, gallery_chunks(src, n), embedder)}
     log.info("scale: %d SQLite rows written in %.1fs; starting the service", n,
              res["fill_store_s"])
     image_path = work / "scale-query.jpeg"
