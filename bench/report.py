@@ -269,13 +269,17 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PG_BEGIN, PG_END = "<!-- pg-scale:begin -->", "<!-- pg-scale:end -->"
+KEPT_SECTIONS = ("pg-scale", "rebuild")
+"""Sections other commands write between ``<!-- NAME:begin -->`` / ``<!-- NAME:end -->``
+markers (``make bench-scale``, ``make bench-rebuild``); a full run keeps them."""
 
 
-def keep_pg_section(text: str, old: Path) -> str:
-    """``text`` with the PostgreSQL section of ``old`` (``make bench-scale``) kept at its end."""
+def keep_marked_sections(text: str, old: Path) -> str:
+    """``text`` with the marked sections of ``old`` kept at its end, in their order there."""
     prev = old.read_text() if old.is_file() else ""
-    if PG_BEGIN not in prev or PG_END not in prev:
-        return text
-    block = prev[prev.index(PG_BEGIN) : prev.index(PG_END) + len(PG_END)]
-    return text.rstrip("\n") + "\n\n" + block + "\n"
+    for name in KEPT_SECTIONS:
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in prev and end in prev:
+            block = prev[prev.index(begin) : prev.index(end) + len(end)]
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+    return text

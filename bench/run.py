@@ -27,7 +27,7 @@ from bench.http import wrk_path
 from bench.machine import machine_info, matmul_ceiling
 from bench.plan import APPROX_MIN_SIZE, Plan, make_plan, parse_args
 from bench.profile import py_spy
-from bench.report import keep_pg_section, render
+from bench.report import keep_marked_sections, render
 from bench.targets import evaluate
 
 log = logging.getLogger("bench")
@@ -84,7 +84,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["wall_s"] = time.perf_counter() - t_start
     results = round_floats(results)
     (a.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (a.out / "RESULTS.md").write_text(keep_pg_section(render(results), a.out / "RESULTS.md"))
+    (a.out / "RESULTS.md").write_text(keep_marked_sections(render(results), a.out / "RESULTS.md"))
     log.info("wrote %s and %s in %.0fs", a.out / "RESULTS.md", a.out / "results.json",
              results["wall_s"])
     return results
@@ -96,7 +96,7 @@ def _rerender(path: Path, out: Path) -> dict[str, Any]:
     results["notes"] = notes(results["sections"], results["targets"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "RESULTS.md").write_text(keep_pg_section(render(results), out / "RESULTS.md"))
+    (out / "RESULTS.md").write_text(keep_marked_sections(render(results), out / "RESULTS.md"))
     log.info("re-rendered %s from %s", out / "RESULTS.md", path)
     return results
 
