@@ -39,9 +39,9 @@ _SNAP_RE = re.compile(r"^\.?snap-(\d+)(\.tmp)?$")
 FileWriter = Callable[[Path], None]
 
 
-def _fsync(path: Path) -> None:
-    # Directories too: on POSIX a rename or create is only durable once the
-    # containing directory has been fsynced.
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory. Directories too: on POSIX a rename or create is only
+    durable once the containing directory has been fsynced."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -109,23 +109,23 @@ def write_snapshot(
     checksums = {}
     for name in files:
         path = tmp / name
-        _fsync(path)
+        fsync_path(path)
         checksums[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     meta = {**sidecar, "files": checksums}
     sidecar_path = tmp / SIDECAR
     sidecar_path.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-    _fsync(sidecar_path)
-    _fsync(tmp)
+    fsync_path(sidecar_path)
+    fsync_path(tmp)
     if before_publish is not None:
         before_publish()
 
     os.rename(tmp, final)
-    _fsync(directory)
+    fsync_path(directory)
     pointer_tmp = directory / f"{CURRENT}.tmp"
     pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
-    _fsync(pointer_tmp)
+    fsync_path(pointer_tmp)
     os.replace(pointer_tmp, directory / CURRENT)
-    _fsync(directory)
+    fsync_path(directory)
     logger.info("published index snapshot %s", final)
 
     _prune(directory, keep=final.name)

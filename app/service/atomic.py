@@ -7,14 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (the directory entry, not only the file)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from index.storage import fsync_path
 
 
 def write_atomically(path: Path, data: bytes, *, midway: Callable[[], None] | None = None
@@ -36,4 +29,4 @@ def write_atomically(path: Path, data: bytes, *, midway: Callable[[], None] | No
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)  # the rename itself, not only the file
