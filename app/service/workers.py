@@ -48,7 +48,7 @@ from types import TracebackType
 
 import numpy as np
 
-from app.service.lock import LOCK_FILE, DataDirLocked
+from app.service.lock import DataDirLock, DataDirLocked
 from app.service.store import ChangeCursor, Changes, Store
 from index import FaissIndex
 
@@ -90,41 +90,20 @@ class SharedWriteLock:
             os.close(self._fd)
 
 
-class LeaderLock:
+class LeaderLock(DataDirLock):
     """``flock`` on ``DATA_DIR/.leader``: the worker holding it writes the snapshots."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / LEADER_FILE
-        self._fd: int | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
+        super().__init__(data_dir, LEADER_FILE)
 
     def try_acquire(self) -> bool:
         """Take it if nobody holds it; True if this process holds it now."""
-        with self._lock:
-            if self._fd is not None:
-                return True
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            self._fd = fd
+        was_held = self.held
+        if not super().try_acquire():
+            return False
+        if not was_held:
             log.info("this worker (pid %d) now writes the index snapshots", os.getpid())
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-                os.close(self._fd)
-                self._fd = None
+        return True
 
 
 class Follower:
@@ -201,23 +180,16 @@ class Follower:
 def check_supervised(data_dir: Path) -> None:
     """In a worker: the data dir's exclusive lock must be held by our supervisor (the
     parent process), else this worker is not part of a ``cbmir serve --workers N``."""
-    path = Path(data_dir) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            if holder == str(os.getppid()):
-                return
-            raise DataDirLocked(
-                f"data directory {data_dir} is in use by another cbmir process "
-                f"(pid {holder or '?'}), not by this worker's supervisor") from None
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    probe = DataDirLock(data_dir)
+    if probe.try_acquire():
+        probe.release()
         raise DataDirLocked(f"data directory {data_dir} is not locked by a supervisor: "
                             "CBMIR_WORKERS is set by `cbmir serve --workers N` only")
-    finally:
-        os.close(fd)
+    holder = probe.holder()
+    if holder != str(os.getppid()):
+        raise DataDirLocked(
+            f"data directory {data_dir} is in use by another cbmir process "
+            f"(pid {holder}), not by this worker's supervisor")
 
 
 def die_with_parent() -> None:
