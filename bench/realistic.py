@@ -8,6 +8,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,51 +76,68 @@ def large_uploads(svc: servers.Server, n: int = 16) -> dict[str, Any]:
     return res
 
 
+def probe_while(svc: servers.Server, query: bytes, act: Callable[[], float],
+                search: str = "/search?k=10") -> dict[str, Any]:
+    """One client searches and one polls /health while ``act()`` runs (after 1 s of steady
+    state); ``act`` returns when what it measures ended (perf_counter). Per kind: the
+    latencies of the requests started between the start of ``act`` and that end."""
+    stop = threading.Event()
+    samples: dict[str, list[tuple[float, float, int]]] = {"search": [], "health": []}
+
+    def loop(kind: str) -> None:
+        with httpx.Client(base_url=svc.url, timeout=60) as c:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                r = (c.post(search, files={"file": ("q.jpeg", query)}) if kind == "search"
+                     else c.get("/health"))
+                samples[kind].append((t0, time.perf_counter() - t0, r.status_code))
+
+    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in samples]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # a steady state before the act
+    start = time.perf_counter()
+    end = act()
+    stop.set()
+    for t in threads:
+        t.join(60)
+    out: dict[str, Any] = {"seconds": end - start}
+    for kind, rows in samples.items():
+        before = [1e3 * dt for t0, dt, _ in rows if t0 < start]
+        window = [1e3 * dt for t0, dt, _ in rows if start <= t0 <= end]
+        out[kind] = {"requests": len(window), "p50_ms": percentile(window, 50),
+                     "p99_ms": percentile(window, 99),
+                     "max_ms": max(window) if window else float("nan"),
+                     "errors": sum(code != 200 for t0, _, code in rows if start <= t0 <= end),
+                     "before_p50_ms": percentile(before, 50)}
+    return out
+
+
 def during_snapshot(svc: servers.Server, query: bytes, fresh: bytes,
                     timeout_s: float = 120.0) -> dict[str, Any]:
     """One write into a service started with CBMIR_SNAPSHOT_EVERY=1 starts a snapshot of
     the whole index; one client searches and one polls /health until it is published.
     Only requests that started before the snapshot was saved count."""
-    stop = threading.Event()
-    samples: dict[str, list[tuple[float, float]]] = {"search": [], "health": []}
-
-    def loop(kind: str) -> None:
-        with httpx.Client(base_url=svc.url, timeout=30) as c:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                if kind == "search":
-                    c.post("/search?k=10", files={"file": ("q.jpeg", query)})
-                else:
-                    c.get("/health")
-                samples[kind].append((t0, time.perf_counter() - t0))
-
     log_start = svc.log_path.stat().st_size
-    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in samples]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)  # a steady state before the write
-    t_write = time.perf_counter()
-    r = httpx.post(svc.url + "/index", files=[("files", ("fresh.png", fresh))], timeout=60)
-    deadline = time.perf_counter() + timeout_s
-    saved = None
-    while time.perf_counter() < deadline:
-        with svc.log_path.open("rb") as fh:
-            fh.seek(log_start)
-            if b"index snapshot saved" in fh.read():
-                saved = time.perf_counter()
-                break
-        time.sleep(0.05)  # polling a log file: there is no event to wait on
-    stop.set()
-    for t in threads:
-        t.join(30)
-    end = saved or time.perf_counter()
-    out: dict[str, Any] = {"index_status": r.status_code, "snapshot_s": end - t_write,
-                           "published": saved is not None}
-    for kind, rows in samples.items():
-        window = [1e3 * dt for t0, dt in rows if t_write <= t0 <= end]
-        out[kind] = {"requests": len(window), "p50_ms": percentile(window, 50),
-                     "p99_ms": percentile(window, 99),
-                     "max_ms": max(window) if window else float("nan")}
+    status: list[int] = []
+    published: list[bool] = []
+
+    def write_and_wait() -> float:
+        r = httpx.post(svc.url + "/index", files=[("files", ("fresh.png", fresh))], timeout=60)
+        status.append(r.status_code)
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            with svc.log_path.open("rb") as fh:
+                fh.seek(log_start)
+                if b"index snapshot saved" in fh.read():
+                    published.append(True)
+                    break
+            time.sleep(0.05)  # polling a log file: there is no event to wait on
+        return time.perf_counter()
+
+    res = probe_while(svc, query, write_and_wait)
+    out: dict[str, Any] = {"index_status": status[0], "snapshot_s": res.pop("seconds"),
+                           "published": bool(published), **res}
     log.info("during a snapshot (%.1fs): /search p99 %.1f ms (%d), /health p99 %.1f ms (%d)",
              out["snapshot_s"], out["search"]["p99_ms"], out["search"]["requests"],
              out["health"]["p99_ms"], out["health"]["requests"])

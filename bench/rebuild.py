@@ -17,12 +17,10 @@ the ``rebuild`` markers.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,11 +28,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image
 
 from bench import servers
-from bench.common import REPO, percentile
-from bench.scale import fill_store
+from bench.common import REPO
+from bench.realistic import probe_while
+from bench.scale import fill_store, fresh_png
 from models import DEFAULT_MODEL_DIR
 from models.embed import Embedder
 from models.imaging.decode import decode_image
@@ -57,49 +55,20 @@ def _chunks(n_big: int, big_label: str, small_label: str, dim: int, seed: int = 
         yield ids, x, labels
 
 
-def _png(seed: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, (64, 64), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def during_rebuild(svc: servers.Server, query: bytes, fresh: bytes, big: str
                    ) -> dict[str, Any]:
-    stop = threading.Event()
-    samples: dict[str, list[tuple[float, float, int]]] = {"search": [], "health": []}
+    status: list[int] = []
 
-    def loop(kind: str) -> None:
-        with httpx.Client(base_url=svc.url, timeout=60) as c:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                r = (c.post("/search?k=10&scope=predicted", files={"file": ("q.jpeg", query)})
-                     if kind == "search" else c.get("/health"))
-                samples[kind].append((t0, time.perf_counter() - t0, r.status_code))
+    def write() -> float:  # the build is part of the write: it ends with its answer
+        r = httpx.post(svc.url + "/index", files=[("files", ("fresh.png", fresh))],
+                       data={"label": big}, timeout=600)
+        if r.status_code != 200:
+            log.error("POST /index answered %d: %s", r.status_code, r.text[:300])
+        status.append(r.status_code)
+        return time.perf_counter()
 
-    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in samples]
-    for t in threads:
-        t.start()
-    time.sleep(2.0)  # a steady state before the write
-    t_write = time.perf_counter()
-    r = httpx.post(svc.url + "/index", files=[("files", ("fresh.png", fresh))],
-                   data={"label": big}, timeout=600)
-    if r.status_code != 200:
-        log.error("POST /index answered %d: %s", r.status_code, r.text[:300])
-    end = time.perf_counter()
-    stop.set()
-    for t in threads:
-        t.join(60)
-    out: dict[str, Any] = {"index_status": r.status_code, "build_s": end - t_write}
-    for kind, rows in samples.items():
-        before = [1e3 * dt for t0, dt, _ in rows if t0 < t_write]
-        window = [1e3 * dt for t0, dt, _ in rows if t_write <= t0 <= end]
-        out[kind] = {"requests": len(window), "p50_ms": percentile(window, 50),
-                     "p99_ms": percentile(window, 99),
-                     "max_ms": max(window) if window else float("nan"),
-                     "errors": sum(code != 200 for t0, _, code in rows if t_write <= t0 <= end),
-                     "before_p50_ms": percentile(before, 50)}
-    return out
+    res = probe_while(svc, query, write, search="/search?k=10&scope=predicted")
+    return {"index_status": status[0], "build_s": res.pop("seconds"), **res}
 
 
 def _rebuild_logged(path: Path) -> bool:
@@ -120,7 +89,7 @@ def run(n: int, model_dir: Path, work: Path) -> dict[str, Any]:
                          index_type="ivf", approx_min_size=str(n), snapshot_every="100000000",
                          snapshot_seconds="86400") as svc:
         start_s = svc.wait_healthy(600)
-        res = during_rebuild(svc, query, _png(11), big)
+        res = during_rebuild(svc, query, fresh_png(11), big)
         res["rebuild_logged"] = _rebuild_logged(svc.log_path)
     res.update({"n": n, "small_label": small, "big_label": big, "fill_s": fill_s,
                 "start_s": start_s,

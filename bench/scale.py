@@ -161,21 +161,20 @@ def _service_start(src: VectorSource, n: int, embedder: Embedder, model_dir: Pat
         run_load(tool, url, image_path, 1, 1)  # warm-up: first calls profile and optimise
         res["search_c1"] = run_load(tool, url, image_path, 1, seconds).as_dict()
         res["rss_after_search_bytes"] = rss_bytes(svc.proc.pid).get("VmRSS")
-        res["during_snapshot"] = during_snapshot(svc, image, _fresh_png())
+        res["during_snapshot"] = during_snapshot(svc, image, fresh_png())
     log.info("scale: service with %d items healthy after %.1fs, RSS %.0f MiB, /search p50 "
              "%.1f ms", n, res["start_to_health_s"], (res["rss_bytes"] or 0) / 2**20,
              res["search_c1"]["p50_ms"])
     return res
 
 
-def _fresh_png() -> bytes:
-    """An image no row of the filled store has (their hashes are made up)."""
+def fresh_png(seed: int = 7) -> bytes:
+    """A 64×64 noise PNG no row of a filled store has (their hashes are made up)."""
     import io
 
-    import numpy as np
     from PIL import Image
 
-    arr = np.random.default_rng(7).integers(0, 256, (64, 64), dtype=np.uint8)
+    arr = np.random.default_rng(seed).integers(0, 256, (64, 64), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
