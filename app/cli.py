@@ -44,7 +44,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         data=str(a.data), out=str(a.out), split_csv=str(a.split_csv) if a.split_csv else None,
         epochs=a.epochs, image_size=a.image_size, channels=a.channels, batch_size=a.batch_size,
         lr=a.lr, seed=a.seed, device=a.device, patience=a.patience, progress=not a.no_progress,
-        arch=a.arch, balance=a.balance, augment=not a.no_augment,
+        arch=a.arch, balance=a.balance, balance_rule=a.balance_rule, augment=not a.no_augment,
         augment_strength=a.augment_strength,
         **({"sample_budget": a.sample_budget} if a.sample_budget else {}),
     )
@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", default="cbmir-resnet", choices=("cbmir-resnet", "cbmir-cnn"))
     t.add_argument("--balance", default="auto", choices=("auto", "on", "off"),
                    help="class-balanced sampling (auto: when classes are skewed 3:1 or more)")
+    t.add_argument("--balance-rule", default="even", choices=("even", "sqrt"),
+                   help="balanced sampling draws every class equally often (even) or by the "
+                   "square root of its count (sqrt)")
     t.add_argument("--no-augment", action="store_true", help="train without augmentation")
     t.add_argument("--augment-strength", type=float,
                    help="rendering augmentation, 0 (geometry only) to 1 (default: from the "

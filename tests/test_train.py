@@ -165,3 +165,15 @@ def test_epochs_follow_the_sample_budget_with_a_floor() -> None:
     assert recipe.auto_epochs(47_000, 200_000) == recipe.MIN_EPOCHS == 8  # MedNIST-sized
     assert recipe.auto_epochs(546, 200_000, image_size=128) == 183  # BUSI at 128 px
     assert [recipe.stem_convs(s) for s in (32, 64, 96, 128)] == [1, 1, 2, 2]
+
+
+def test_balanced_sampling_draws_classes_evenly_or_by_square_root() -> None:
+    from models.training import recipe
+
+    labels = np.array([0] * 400 + [1] * 100 + [2] * 25)
+    assert recipe.should_balance(labels, "auto") and not recipe.should_balance(labels, "off")
+    assert not recipe.should_balance(np.array([0] * 30 + [1] * 20), "auto")
+    for rule, expect in (("even", [1 / 3] * 3), ("sqrt", [20 / 35, 10 / 35, 5 / 35])):
+        w = recipe.sample_weights(labels, rule)
+        mass = [float(w[labels == c].sum()) for c in range(3)]
+        assert np.allclose(mass, expect), (rule, mass)

@@ -95,15 +95,21 @@ def should_balance(labels: Sequence[int] | np.ndarray, mode: str) -> bool:
     return bool(len(counts) > 1 and counts.max() >= SKEW_FOR_BALANCE * counts.min())
 
 
-def sample_weights(labels: np.ndarray) -> np.ndarray:
-    """Per-sample weights for square-root class-balanced sampling.
+def sample_weights(labels: np.ndarray, rule: str = "even") -> np.ndarray:
+    """Per-sample weights for class-balanced sampling.
 
-    Each class is drawn in proportion to the square root of its count: rare classes are
-    seen several times as often as under uniform sampling, without repeating a handful of
-    images so often that they are memorised (the usual compromise for skewed sets).
+    ``even`` (the default): every class is drawn equally often (inverse frequency).
+    ``sqrt``: each class in proportion to the square root of its count, a compromise that
+    repeats rare images less (the rule until the skewed-set runs below). Measured on the
+    three skewed sets with one seed each (README, "The recipe on data sets nobody tuned
+    it on"): even sampling raised macro F1 on all three (colon histology 0.800 → 0.829,
+    BUSI 0.818 → 0.822, dermoscopy 0.478 → 0.581) and accuracy on two; on dermoscopy
+    (1:4) it trades accuracy (0.805 → 0.644) for finding the minority class, which is
+    what balancing is asked to do.
     """
     counts = np.bincount(labels).astype(np.float64)
-    per_class = np.where(counts > 0, np.sqrt(counts) / np.maximum(counts, 1), 0.0)
+    mass = np.sqrt(counts) if rule == "sqrt" else np.ones_like(counts)
+    per_class = np.where(counts > 0, mass / np.maximum(counts, 1), 0.0)
     w = per_class[labels]
     return w / w.sum()
 

@@ -69,6 +69,7 @@ class TrainArgs(BaseModel):
     ema_decay: float = Field(default=0.998, ge=0, lt=1)
     sample_budget: int = Field(default=200_000, ge=1)
     balance: Literal["auto", "on", "off"] = "auto"
+    balance_rule: Literal["even", "sqrt"] = "even"
     augment: bool = True
     augment_strength: float | None = Field(default=None, ge=0, le=3)
     name: str | None = None
@@ -185,7 +186,7 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
         opt, max_lr=args.lr, total_steps=epochs * steps, pct_start=0.15
     )
     gen = torch.Generator().manual_seed(args.seed)
-    weights = (torch.from_numpy(recipe.sample_weights(tr.labels))
+    weights = (torch.from_numpy(recipe.sample_weights(tr.labels, args.balance_rule))
                if args.balance == "on" else None)
     spec = AugmentSpec().scaled(args.augment_strength or 0.0)
     overlays = make_overlays(size, seed=args.seed)
