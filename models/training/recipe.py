@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -95,12 +96,12 @@ def should_balance(labels: Sequence[int] | np.ndarray, mode: str) -> bool:
     return bool(len(counts) > 1 and counts.max() >= SKEW_FOR_BALANCE * counts.min())
 
 
-def sample_weights(labels: np.ndarray, rule: str = "even") -> np.ndarray:
+def sample_weights(labels: np.ndarray, rule: Literal["even", "sqrt"] = "even") -> np.ndarray:
     """Per-sample weights for class-balanced sampling.
 
     ``even`` (the default): every class is drawn equally often (inverse frequency).
     ``sqrt``: each class in proportion to the square root of its count, a compromise that
-    repeats rare images less (the rule until the skewed-set runs below). Measured on the
+    repeats rare images less (the default before the measurements below). Measured on the
     three skewed sets with one seed each (README, "The recipe on data sets nobody tuned
     it on"): even sampling raised macro F1 on all three (colon histology 0.800 → 0.829,
     BUSI 0.818 → 0.822, dermoscopy 0.478 → 0.581) and accuracy on two; on dermoscopy
