@@ -79,3 +79,15 @@ def test_evaluate_ood_bad_input_is_one_line(calibrated_model: Path, demo_split: 
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1
+
+
+def test_leave_one_out_models_copy_the_recorded_sampling_rule() -> None:
+    from models import DEFAULT_MODEL_DIR
+    from models.checkpoint import load_config
+    from models.training.ood_eval import _recipe
+
+    cfg = load_config(DEFAULT_MODEL_DIR)
+    paths = {"data": "d", "out": "o"}
+    assert _recipe(cfg, **paths).balance_rule == cfg.train_args["balance_rule"] == "even"
+    older = {k: v for k, v in cfg.train_args.items() if k != "balance_rule"}
+    assert _recipe(cfg.model_copy(update={"train_args": older}), **paths).balance_rule == "sqrt"

@@ -142,6 +142,9 @@ def _recipe(cfg: ModelConfig, **over: Any) -> TrainArgs:
     skip = {"data", "out", "split_csv", "epochs", "batch_size", "name", "progress", "patience"}
     base = {k: v for k, v in cfg.train_args.items() if k in TrainArgs.model_fields
             and k not in skip}
+    if base and "balance_rule" not in base:
+        # Recorded before the rule was an argument: the square root was the only rule then.
+        base["balance_rule"] = "sqrt"
     if not base:  # a model made without `cbmir train`: its architecture, training's defaults
         base = {"arch": cfg.arch, "widths": cfg.widths, "depths": cfg.depths or None,
                 "fc_dims": cfg.fc_dims, "channels": cfg.in_channels,
