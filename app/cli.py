@@ -45,7 +45,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         epochs=a.epochs, image_size=a.image_size, channels=a.channels, batch_size=a.batch_size,
         lr=a.lr, seed=a.seed, device=a.device, patience=a.patience, progress=not a.no_progress,
         arch=a.arch, balance=a.balance, balance_rule=a.balance_rule, augment=not a.no_augment,
-        augment_strength=a.augment_strength,
+        augment_strength=a.augment_strength, symmetries=a.symmetries,
         **({"sample_budget": a.sample_budget} if a.sample_budget else {}),
     )
     res = train(args)
@@ -264,6 +264,16 @@ def _add_sink_argument(p: argparse.ArgumentParser) -> None:
                    "writing CBMIR_DATA_DIR")
 
 
+def _symmetries(text: str) -> list[str]:
+    """``none``, or a comma-separated list of flip_lr, flip_ud, rot90."""
+    names = [] if text == "none" else [t.strip() for t in text.split(",") if t.strip()]
+    allowed = ("flip_lr", "flip_ud", "rot90")
+    bad = [n for n in names if n not in allowed]
+    if bad or (text != "none" and not names):
+        raise argparse.ArgumentTypeError(f"expected none or some of {', '.join(allowed)}")
+    return names
+
+
 def _concurrency(text: str) -> int:
     try:
         n = int(text)
@@ -297,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment-strength", type=float,
                    help="rendering augmentation, 0 (geometry only) to 1 (default: from the "
                    "data set's measured rendering shortcut)")
+    t.add_argument("--symmetries", type=_symmetries, default=[], metavar="none|LIST",
+                   help="mirror images and quarter turns to augment with: flip_lr, flip_ud, "
+                   "rot90, comma-separated (default none: laterality matters in radiology, "
+                   "and they cost accuracy where measured)")
     t.add_argument("--image-size", type=int, help="default: from the images (32-128 px)")
     t.add_argument("--channels", type=int, choices=(1, 3), help="default: 3 if any image is colour")
     t.add_argument("--batch-size", type=int)

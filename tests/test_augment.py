@@ -1,7 +1,10 @@
 """Rendering augmentation: shapes and ranges, seeded, grey stays grey, equalisation's
-invariance to monotone intensity mappings (the property it is there for)."""
+invariance to monotone intensity mappings (the property it is there for), and mirror
+images and quarter turns only where the recipe allows them."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -48,3 +51,33 @@ def test_equalisation_ignores_monotone_intensity_mappings() -> None:
     ref = equalize(x)
     for mapped in (x ** 0.8, 0.1 + 0.8 * x, x ** 1.25):
         torch.testing.assert_close(equalize((mapped * 255).round() / 255), ref)
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a - b).abs() < 1e-3).flatten(1).all(1)
+
+
+def test_symmetries_mirror_and_turn_only_when_allowed() -> None:
+    """With geometry and rendering off, an image comes back as itself or one of the
+    allowed transforms of it, and every allowed one occurs; none allowed: unchanged."""
+    still = AugmentSpec(rotate_deg=0.0, scale=(1.0, 1.0), shift=0.0, aspect=0.0).scaled(0.0)
+    x = _batch(1, n=64)
+    g = torch.Generator().manual_seed(0)
+    # (the gamma step clamps at 1e-4: equal up to that)
+    torch.testing.assert_close(augment(x.clone(), g, still), x, atol=1e-3, rtol=0)
+    spec = replace(still, symmetries=("flip_lr",))
+    out = augment(x.clone(), torch.Generator().manual_seed(0), spec)
+    same = _equal(out, x)
+    mirrored = _equal(out, x.flip(3))
+    assert bool((same | mirrored).all()) and 10 < int(mirrored.sum()) < 54
+    spec = replace(still, symmetries=("rot90",))
+    out = augment(x.clone(), torch.Generator().manual_seed(0), spec)
+    turns = [_equal(out, torch.rot90(x, k, (2, 3))) for k in range(4)]
+    assert bool(torch.stack(turns).any(0).all()) and all(int(t.sum()) > 5 for t in turns)
+
+
+def test_recorded_strength_zero_means_no_rendering_change() -> None:
+    from models.training.augment import recipe_spec
+
+    assert recipe_spec(0.0).p_window == 0.0 and recipe_spec(None).p_window == AugmentSpec().p_window
+    assert recipe_spec(1.0, ["flip_ud"]).symmetries == ("flip_ud",)

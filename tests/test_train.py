@@ -177,3 +177,18 @@ def test_balanced_sampling_draws_classes_evenly_or_by_square_root() -> None:
         w = recipe.sample_weights(labels, rule)
         mass = [float(w[labels == c].sum()) for c in range(3)]
         assert np.allclose(mass, expect), (rule, mass)
+
+
+def test_symmetries_are_opt_in_and_recorded(tmp_path: Path) -> None:
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand"], 20)
+    for sym, out in (([], tmp_path / "plain"), (["flip_lr", "rot90"], tmp_path / "turned")):
+        train(TrainArgs(data=str(data), out=str(out), epochs=1, widths=[8, 16],
+                        fc_dims=[32, 16], symmetries=sym, progress=False))
+        _, cfg = load_checkpoint(out)
+        assert cfg.train_args["symmetries"] == sym
+    assert "flip_lr, rot90" in (tmp_path / "turned" / "README.md").read_text()
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "train", "--data", str(data),
+                           "--out", str(tmp_path / "o"), "--symmetries", "flip_lr,sideways"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "expected none or some of flip_lr" in proc.stderr

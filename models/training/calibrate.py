@@ -26,7 +26,7 @@ from models.checkpoint import load_config, write_config
 from models.config import ModelConfig, OodConfig
 from models.embed import Embedder
 from models.ood import DEFAULT_METHOD, METHODS, Gaussian, OodScorer, input_statistics, save_stats
-from models.training.augment import AugmentSpec, augment, make_overlays
+from models.training.augment import augment, make_overlays, recipe_spec
 from models.training.dataset import DatasetError, Prepared, Record, load_prepared, scan_dataset
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def fit_set(cfg: ModelConfig, images: np.ndarray, labels: np.ndarray
     args = cfg.train_args
     if not args.get("augment"):
         return images, labels, False
-    spec = AugmentSpec().scaled(float(args.get("augment_strength") or 1.0))
+    spec = recipe_spec(args.get("augment_strength"), args.get("symmetries"))
     overlays = make_overlays(cfg.image_size, seed=SEED)
     gen = torch.Generator().manual_seed(SEED)
     copies = []

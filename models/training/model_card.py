@@ -53,6 +53,19 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _measured(cfg: ModelConfig) -> list[str]:
+    """What the recipe measured on the data and what it chose by it."""
+    m, ta, out = cfg.metrics, cfg.train_args, []
+    if "rendering_shortcut" in m:
+        out.append(f"- rendering shortcut (kappa of intensity histograms alone) "
+                   f"{m['rendering_shortcut']}: rendering augmentation at strength "
+                   f"{ta.get('augment_strength')}")
+    if ta.get("symmetries"):
+        out.append(f"- mirror images and quarter turns in the augmentation: "
+                   f"{', '.join(ta['symmetries'])}")
+    return out
+
+
 def write_model_card(cfg: ModelConfig, out_dir: Path, history: Sequence[dict[str, Any]]) -> None:
     m = cfg.metrics
     lines = [
@@ -84,6 +97,7 @@ def write_model_card(cfg: ModelConfig, out_dir: Path, history: Sequence[dict[str
         f"({m.get('train_images')} train / {m.get('val_images')} val images, "
         f"{m.get('skipped_files')} files skipped)",
         "- resolved arguments: `" + json.dumps(cfg.train_args, sort_keys=True) + "`",
+        *_measured(cfg),
         "",
         "| epoch | train loss | train acc | val loss | val acc | seconds |",
         "|---:|---:|---:|---:|---:|---:|",
