@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-csv", type=Path, help="CSV with path,label,split (default: made here)")
     t.add_argument("--out", required=True, type=Path, help="output model directory")
     t.add_argument("--epochs", type=int,
-                   help="default: about --sample-budget images seen (4-300 epochs)")
+                   help="default: about --sample-budget images seen (8-300 epochs)")
     t.add_argument("--sample-budget", type=int,
                    help="augmented training images to show the network (default 200,000)")
     t.add_argument("--arch", default="cbmir-resnet", choices=("cbmir-resnet", "cbmir-cnn"))

@@ -163,7 +163,7 @@ def test_epochs_follow_the_sample_budget_with_a_floor() -> None:
     assert recipe.auto_epochs(500, 200_000) == 300  # capped
     assert recipe.auto_epochs(17_695, 200_000) == 11  # the default model's set
     assert recipe.auto_epochs(47_000, 200_000) == recipe.MIN_EPOCHS == 8  # MedNIST-sized
-    assert recipe.auto_epochs(546, 200_000, image_size=128) == 183  # BUSI at 128 px
+    assert recipe.auto_epochs(1_400, 200_000) == 143  # pbc-sample, at 128 px as at 64
     assert [recipe.stem_convs(s) for s in (32, 64, 96, 128)] == [1, 1, 2, 2]
 
 

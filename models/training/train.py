@@ -120,7 +120,7 @@ def _resolve(args: TrainArgs, ds: DatasetIndex, labels: np.ndarray) -> TrainArgs
     channels, size = recipe.infer_input_shape(train_recs, args.seed)
     batch_size = args.batch_size or (128 if len(train_recs) >= 5000 else 32)
     size = args.image_size or size
-    epochs = args.epochs or recipe.auto_epochs(len(train_recs), args.sample_budget, size)
+    epochs = args.epochs or recipe.auto_epochs(len(train_recs), args.sample_budget)
     cnn = args.arch == "cbmir-cnn"
     widths = args.widths or (recipe.CNN_WIDTHS if cnn else recipe.RESNET_WIDTHS)
     return args.model_copy(update={
