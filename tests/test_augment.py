@@ -1,6 +1,6 @@
 """Rendering augmentation: shapes and ranges, seeded, grey stays grey, equalisation's
 invariance to monotone intensity mappings (the property it is there for), and mirror
-images and quarter turns only where the recipe allows them."""
+images and quarter turns only when asked for."""
 
 from __future__ import annotations
 
