@@ -89,7 +89,8 @@ def create_app(
 ) -> FastAPI:
     """``on_fatal`` is called with a one-line message if loading fails (the server exits)."""
     settings = settings or load_settings()
-    metrics = Metrics()
+    # One of N supervised workers: a scrape reports them all (app.service.metrics).
+    metrics = Metrics(multiprocess=settings.supervised_workers > 1)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

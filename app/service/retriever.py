@@ -183,6 +183,7 @@ class Retriever:
 
     def close(self) -> None:
         """Drain the batcher, write the final snapshot, release the data dir."""
+        self.metrics.untrack()
         self.batcher.close()
         self.snapshotter.close()
         self.store.close()
