@@ -100,6 +100,9 @@ def worker_app() -> Any:
         from app.service.workers import die_with_parent
 
         die_with_parent()
+    from app.service.metrics import start_worker_metrics
+
+    start_worker_metrics()  # before create_app makes the metrics
     _process_setup(settings)
     return create_app(settings)
 
@@ -163,7 +166,9 @@ def _run_workers(settings: Settings, host: str, port: int, workers: int) -> None
     import os
 
     import uvicorn
-    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    from app.service.metrics import shared_metrics_dir
+    from app.supervisor import Supervisor
 
     # The workers read their settings from the environment (uvicorn spawns them): this one
     # tells them they are N (the X-Cbmir-Worker header; on the embedded backend, more).
@@ -172,7 +177,10 @@ def _run_workers(settings: Settings, host: str, port: int, workers: int) -> None
                             workers=workers, **_uvicorn_options(settings))
     log.info("serving on http://%s:%d with %d workers (data in %s)", host, port, workers,
              _where(settings))
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    # Before the first worker is spawned: each one's metrics go to files there, which any
+    # worker merges when scraped (app.service.metrics).
+    with shared_metrics_dir() as metrics_dir:
+        Supervisor(config, sockets=[config.bind_socket()], metrics_dir=metrics_dir).run()
 
 
 def _run_embedded_workers(settings: Settings, host: str, port: int, workers: int) -> None:
