@@ -4,7 +4,8 @@ hands it to either worker; ``X-Cbmir-Worker`` names the one that answered, and t
 run until both have (bounded). Read-your-writes whichever worker answers (4 clients at
 once too), deletes and relabels seen by both, counts that agree, one ``duplicate: false``
 for the same bytes sent to both at once, a second server refused, a killed worker replaced
-while the other answers; and no worker outlives a killed supervisor."""
+while the other answers, one ``/metrics`` scrape counting the requests of both workers (and
+of a killed one); and no worker outlives a killed supervisor."""
 
 from __future__ import annotations
 
@@ -26,8 +27,26 @@ ROUNDS = 40  # bounded loops: enough requests for the kernel to reach both worke
 
 
 def _env(tiny_model: Path, data: Path) -> dict[str, str]:
+    # TMPDIR: the supervisor's metrics directory is made under the test's own tmp dir (a
+    # supervisor killed by SIGKILL cannot remove it).
     return server_env(CBMIR_MODEL_DIR=str(tiny_model), CBMIR_DATA_DIR=str(data),
-                      CBMIR_SNAPSHOT_SECONDS="1")
+                      CBMIR_SNAPSHOT_SECONDS="1", TMPDIR=str(data.parent))
+
+
+def _workers(srv: ServerProc) -> list[Any]:
+    """The supervisor's worker processes (uvicorn's spawned children)."""
+    import psutil
+
+    assert srv.proc is not None
+    return [c for c in psutil.Process(srv.proc.pid).children()
+            if "spawn_main" in " ".join(c.cmdline())]
+
+
+def _metrics_dir(srv: ServerProc) -> Path:
+    """The directory the supervisor made for its workers' metric files (in their env)."""
+    dirs = {w.environ()["PROMETHEUS_MULTIPROC_DIR"] for w in _workers(srv)}
+    assert len(dirs) == 1, dirs
+    return Path(dirs.pop())
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +56,12 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         srv.start(args=("--workers", "2"))
         poll(lambda: len(_pids(lambda: httpx.get(f"{srv.url}/health", timeout=10))) == 2,
              60, "both workers to answer /health")
+        metrics_dir = _metrics_dir(srv)
+        assert metrics_dir.parent == tmp and metrics_dir.stat().st_mode & 0o777 == 0o700
         yield srv
         assert srv.terminate() == 0
         assert " 500 " not in srv.log()
+        assert not metrics_dir.exists()  # removed by the supervisor as it stopped
 
 
 def _pids(call: Any, rounds: int = 12) -> set[str]:
@@ -202,6 +224,103 @@ def test_a_killed_worker_is_replaced_and_the_other_answers(served: ServerProc) -
     assert "died" in served.log()
 
 
+INFO_ROUTE = "/images/{item_id}/info"  # called by no other test here: its count is exact
+
+
+def _scrape(url: str) -> tuple[str, dict[str, float], set[str]]:
+    """One ``/metrics`` scrape: the worker that answered, GET requests of ``INFO_ROUTE``
+    by status, and the names of all the samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(f"{url}/metrics", timeout=10)
+    assert r.status_code == 200, r.text
+    counts: dict[str, float] = {}
+    names = set()
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            names.add(sample.name)
+            if (sample.name == "cbmir_http_requests_total" and sample.labels["method"] == "GET"
+                    and sample.labels["route"] == INFO_ROUTE):
+                counts[sample.labels["status"]] = sample.value
+    return r.headers["x-cbmir-worker"], counts, names
+
+
+def _counted(url: str, pids: set[str]) -> dict[str, dict[str, float]]:
+    """What a scrape answered by each worker in ``pids`` says of ``INFO_ROUTE``."""
+    out: dict[str, dict[str, float]] = {}
+    for _ in range(ROUNDS):
+        pid, counts, _ = _scrape(url)
+        out[pid] = counts
+        if pids <= set(out):
+            break
+    assert pids <= set(out), (pids, set(out))
+    return out
+
+
+def _ask_info(url: str, item_id: int, pids: set[str]) -> dict[str, int]:
+    """GET the item's info on new connections until each worker in ``pids`` has answered
+    (at least 10 requests, at most ``ROUNDS``); how many each one answered."""
+    answered: dict[str, int] = {}
+    for n in range(ROUNDS):
+        r = httpx.get(f"{url}/images/{item_id}/info", timeout=10)
+        assert r.status_code == 200, r.text
+        pid = r.headers["x-cbmir-worker"]
+        answered[pid] = answered.get(pid, 0) + 1
+        if n >= 9 and pids <= set(answered):
+            break
+    assert pids <= set(answered), answered
+    return answered
+
+
+def test_one_scrape_counts_every_workers_requests(served: ServerProc) -> None:
+    """Whichever worker answers it, one scrape counts the requests both workers answered;
+    after ``kill -9`` of one, its requests still count (no total goes backwards) and its
+    replacement's add to them. The killed worker's live gauges are dropped, its counters
+    kept."""
+    url = served.url
+    item, _ = _index(url, png_bytes(8000))
+    pids = {w.pid for w in _workers(served)}
+    both = {str(p) for p in pids}
+    answered = _ask_info(url, item["id"], both)
+    sent = sum(answered.values())
+    assert all(n < sent for n in answered.values())  # a worker alone saw fewer
+
+    # A worker counts a request just after its answer went out: poll (bounded) until a
+    # scrape of each worker says `sent`, then never anything else.
+    poll(lambda: all(c == {"200": sent} for c in _counted(url, both).values()), 10,
+         f"a scrape of each worker to count all {sent} requests ({answered})")
+    # Samples named as with one process (less the _created ones, not kept in this mode).
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app.service.metrics import Metrics
+
+    one = {s.name for f in text_string_to_metric_families(Metrics().render().decode())
+           for s in f.samples if not s.name.endswith("_created")}
+    assert one - _scrape(url)[2] == set()
+
+    metrics_dir = _metrics_dir(served)
+    victim = next(iter(answered))
+    assert (metrics_dir / f"gauge_livesum_{victim}.db").is_file()
+    os.kill(int(victim), signal.SIGKILL)
+    seen: set[str] = set()
+
+    def replaced() -> bool:
+        pid, counts, _ = _scrape(url)
+        assert counts == {"200": sent}, (pid, counts)  # from the first scrape on
+        seen.add(pid)
+        return len(seen - both) == 1
+
+    poll(replaced, 120, "a new worker to answer in place of the killed one")
+    now = both - {victim} | (seen - both)
+    assert {w.pid for w in _workers(served)} == {int(p) for p in now}
+    # The supervisor forgot the dead worker's live gauges; its counters still count.
+    assert not list(metrics_dir.glob(f"gauge_live*_{victim}.db"))
+    assert (metrics_dir / f"counter_{victim}.db").is_file()
+    more = sum(_ask_info(url, item["id"], now).values())
+    poll(lambda: all(c == {"200": sent + more} for c in _counted(url, now).values()), 10,
+         f"a scrape of each worker to count all {sent + more} requests")
+
+
 def test_workers_die_with_their_supervisor(tiny_model: Path, tmp_path: Path) -> None:
     """``kill -9`` of the supervisor frees the data dir's lock: its workers must not keep
     serving it (PR_SET_PDEATHSIG), so the next ``cbmir serve`` is alone on it."""
@@ -209,9 +328,7 @@ def test_workers_die_with_their_supervisor(tiny_model: Path, tmp_path: Path) -> 
 
     with ServerProc(_env(tiny_model, tmp_path / "data"), tmp_path / "s.log") as srv:
         srv.start(args=("--workers", "2"))
-        assert srv.proc is not None
-        workers = [c.pid for c in psutil.Process(srv.proc.pid).children()
-                   if "spawn_main" in " ".join(c.cmdline())]  # uvicorn's spawned workers
+        workers = [w.pid for w in _workers(srv)]
         assert len(workers) == 2
         srv.kill()
         poll(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() !=
