@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--patience", type=int,
-                   help="early-stopping patience in epochs (default: epochs/8, at least 4)")
+                   help="stop after N epochs of the annealing half without a better "
+                   "validation accuracy (default: off, the whole schedule runs)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     t.add_argument("--no-progress", action="store_true")

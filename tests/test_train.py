@@ -192,3 +192,29 @@ def test_symmetries_are_opt_in_and_recorded(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "expected none or some of flip_lr" in proc.stderr
+
+
+def test_the_whole_schedule_runs_unless_patience_is_asked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.training import train as train_module
+
+    data = _copy_demo(tmp_path / "data", ["CXR", "Hand"], 20)
+    real = train_module._evaluate
+    # A scripted validation curve, so the stopping rule is what is tested: of the
+    # annealing half (epochs 4-6), epoch 4 is best and nothing after it beats it.
+    curve = {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.9, 5: 0.8, 6: 0.8}
+    calls: list[int] = []
+
+    def scripted(*a: object, **k: object) -> tuple[float, float]:
+        real(*a, **k)  # type: ignore[arg-type]
+        calls.append(1)
+        return 1.0, curve[len(calls)]
+
+    for patience, runs in ((None, 6), (1, 5)):
+        calls.clear()
+        monkeypatch.setattr(train_module, "_evaluate", scripted)
+        res = train(TrainArgs(data=str(data), out=str(tmp_path / f"p{patience}"), epochs=6,
+                              widths=[8, 16], fc_dims=[32, 16], patience=patience,
+                              progress=False))
+        assert (len(res.history), res.best_epoch) == (runs, 4)
+        assert res.config.train_args["patience"] == patience

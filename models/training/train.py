@@ -57,6 +57,9 @@ class TrainArgs(BaseModel):
     lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)
     patience: int | None = Field(default=None, ge=1)
+    """Stop after this many epochs of the annealing half without a better validation
+    accuracy; ``None`` (the default) runs the whole schedule (README: stopping early had
+    cut the small sets' best epochs off)."""
     seed: int = 0
     device: str = "auto"
     arch: Literal["cbmir-resnet", "cbmir-cnn"] = "cbmir-resnet"
@@ -126,7 +129,6 @@ def _resolve(args: TrainArgs, ds: DatasetIndex, labels: np.ndarray) -> TrainArgs
     return args.model_copy(update={
         "channels": args.channels or channels, "image_size": size,
         "batch_size": batch_size, "epochs": epochs,
-        "patience": args.patience or max(4, epochs // 8),
         "widths": widths, "depths": [] if cnn else (args.depths or [1] * len(widths)),
         "fc_dims": args.fc_dims or ([256, recipe.EMBEDDING_DIM] if cnn
                                     else [recipe.EMBEDDING_DIM]),
@@ -151,7 +153,7 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
     index = {name: i for i, name in enumerate(ds.class_names)}
     args = _resolve(args, ds, np.array([index[r.label] for r in train_recs]))
     assert args.channels and args.image_size and args.batch_size and args.epochs
-    assert args.widths and args.fc_dims and args.patience and args.depths is not None
+    assert args.widths and args.fc_dims and args.depths is not None
     channels, size = args.channels, args.image_size
     batch_size, epochs, patience = args.batch_size, args.epochs, args.patience
     log.info("data: %d train, %d val, %d classes; input %d×%d×%d; %s; %d epochs of batch %d "
@@ -239,7 +241,7 @@ def train(args: TrainArgs, dataset: DatasetIndex | None = None) -> TrainResult:
         if improved:
             best_acc, best_loss, result.best_epoch = val_acc, val_loss, epoch
             best_state = {k: v.detach().clone() for k, v in ema.model.state_dict().items()}
-        elif result.best_epoch and epoch - result.best_epoch >= patience:
+        elif patience and result.best_epoch and epoch - result.best_epoch >= patience:
             log.info("no validation improvement for %d epochs; stopping early", patience)
             break
     assert best_state is not None
