@@ -10,7 +10,9 @@ a pid forgotten is a process that has ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from socket import socket
 
@@ -35,16 +37,18 @@ class Supervisor(Multiprocess):
             forget_worker(pid, self.metrics_dir)
             log.debug("worker %d left: its live gauges no longer count", pid)
 
-    def keep_subprocess_alive(self) -> None:
+    @contextlib.contextmanager
+    def _forgetting_the_gone(self) -> Iterator[None]:
         before = self._pids()
         try:
-            super().keep_subprocess_alive()
+            yield
         finally:
             self._forget_gone(before)
 
+    def keep_subprocess_alive(self) -> None:
+        with self._forgetting_the_gone():
+            super().keep_subprocess_alive()
+
     def handle_signals(self) -> None:
-        before = self._pids()
-        try:
+        with self._forgetting_the_gone():
             super().handle_signals()
-        finally:
-            self._forget_gone(before)
