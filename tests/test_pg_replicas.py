@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from conftest import png_bytes
 from serverproc import ServerProc, poll, server_env
+from worker_metrics import ask_info, counted
 
 WRITERS = 4
 PER_WRITER = 10
@@ -222,36 +223,11 @@ def test_serve_workers_share_one_database(tiny_model: Path, tmp_path: Path, pg_u
             assert _top1(srv.url, png_bytes(300 + i))["id"] == item["id"]
         # One /metrics scrape counts what both workers answered (app.service.metrics):
         # item info on new connections until both have answered, then each one's scrape.
-        answered: dict[str, int] = {}
-        for n in range(40):
-            r = httpx.get(f"{srv.url}/images/{items[0]['id']}/info", timeout=10)
-            assert r.status_code == 200, r.text
-            pid = r.headers["x-cbmir-worker"]
-            answered[pid] = answered.get(pid, 0) + 1
-            if n >= 9 and len(answered) == 2:
-                break
-        assert len(answered) == 2, answered
+        answered = ask_info(srv.url, items[0]["id"], 2)
         total = sum(answered.values())
-        poll(lambda: _info_counts(srv.url) == {total}, 10,
+        poll(lambda: {c.get("200") for c in counted(srv.url, 2).values()} == {total}, 10,
              f"a scrape of each worker to count all {total} requests ({answered})")
         assert srv.terminate() == 0
     assert len(_rows(pg_url)) == 6
 
-
-def _info_counts(url: str) -> set[float]:
-    """``GET /images/{item_id}/info`` 200s as a scrape of each of the 2 workers counts them."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    by_worker: dict[str, float] = {}
-    for _ in range(40):
-        r = httpx.get(f"{url}/metrics", timeout=10)
-        assert r.status_code == 200, r.text
-        by_worker[r.headers["x-cbmir-worker"]] = sum(
-            s.value for f in text_string_to_metric_families(r.text) for s in f.samples
-            if s.name == "cbmir_http_requests_total" and s.labels["status"] == "200"
-            and s.labels["route"] == "/images/{item_id}/info")
-        if len(by_worker) == 2:
-            break
-    assert len(by_worker) == 2, by_worker
-    return set(by_worker.values())
 

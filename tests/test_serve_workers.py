@@ -22,8 +22,7 @@ import httpx
 import pytest
 from conftest import png_bytes
 from serverproc import CBMIR, ServerProc, poll, server_env
-
-ROUNDS = 40  # bounded loops: enough requests for the kernel to reach both workers
+from worker_metrics import ROUNDS, ask_info, counted, scrape
 
 
 def _env(tiny_model: Path, data: Path) -> dict[str, str]:
@@ -224,54 +223,6 @@ def test_a_killed_worker_is_replaced_and_the_other_answers(served: ServerProc) -
     assert "died" in served.log()
 
 
-INFO_ROUTE = "/images/{item_id}/info"  # called by no other test here: its count is exact
-
-
-def _scrape(url: str) -> tuple[str, dict[str, float], set[str]]:
-    """One ``/metrics`` scrape: the worker that answered, GET requests of ``INFO_ROUTE``
-    by status, and the names of all the samples."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    r = httpx.get(f"{url}/metrics", timeout=10)
-    assert r.status_code == 200, r.text
-    counts: dict[str, float] = {}
-    names = set()
-    for family in text_string_to_metric_families(r.text):
-        for sample in family.samples:
-            names.add(sample.name)
-            if (sample.name == "cbmir_http_requests_total" and sample.labels["method"] == "GET"
-                    and sample.labels["route"] == INFO_ROUTE):
-                counts[sample.labels["status"]] = sample.value
-    return r.headers["x-cbmir-worker"], counts, names
-
-
-def _counted(url: str, pids: set[str]) -> dict[str, dict[str, float]]:
-    """What a scrape answered by each worker in ``pids`` says of ``INFO_ROUTE``."""
-    out: dict[str, dict[str, float]] = {}
-    for _ in range(ROUNDS):
-        pid, counts, _ = _scrape(url)
-        out[pid] = counts
-        if pids <= set(out):
-            break
-    assert pids <= set(out), (pids, set(out))
-    return out
-
-
-def _ask_info(url: str, item_id: int, pids: set[str]) -> dict[str, int]:
-    """GET the item's info on new connections until each worker in ``pids`` has answered
-    (at least 10 requests, at most ``ROUNDS``); how many each one answered."""
-    answered: dict[str, int] = {}
-    for n in range(ROUNDS):
-        r = httpx.get(f"{url}/images/{item_id}/info", timeout=10)
-        assert r.status_code == 200, r.text
-        pid = r.headers["x-cbmir-worker"]
-        answered[pid] = answered.get(pid, 0) + 1
-        if n >= 9 and pids <= set(answered):
-            break
-    assert pids <= set(answered), answered
-    return answered
-
-
 def test_one_scrape_counts_every_workers_requests(served: ServerProc) -> None:
     """Whichever worker answers it, one scrape counts the requests both workers answered;
     after ``kill -9`` of one, its requests still count (no total goes backwards) and its
@@ -281,13 +232,13 @@ def test_one_scrape_counts_every_workers_requests(served: ServerProc) -> None:
     item, _ = _index(url, png_bytes(8000))
     pids = {w.pid for w in _workers(served)}
     both = {str(p) for p in pids}
-    answered = _ask_info(url, item["id"], both)
+    answered = ask_info(url, item["id"], both)
     sent = sum(answered.values())
     assert all(n < sent for n in answered.values())  # a worker alone saw fewer
 
     # A worker counts a request just after its answer went out: poll (bounded) until a
     # scrape of each worker says `sent`, then never anything else.
-    poll(lambda: all(c == {"200": sent} for c in _counted(url, both).values()), 10,
+    poll(lambda: all(c == {"200": sent} for c in counted(url, both).values()), 10,
          f"a scrape of each worker to count all {sent} requests ({answered})")
     # Samples named as with one process (less the _created ones, not kept in this mode).
     from prometheus_client.parser import text_string_to_metric_families
@@ -296,7 +247,7 @@ def test_one_scrape_counts_every_workers_requests(served: ServerProc) -> None:
 
     one = {s.name for f in text_string_to_metric_families(Metrics().render().decode())
            for s in f.samples if not s.name.endswith("_created")}
-    assert one - _scrape(url)[2] == set()
+    assert one - scrape(url)[2] == set()
 
     metrics_dir = _metrics_dir(served)
     victim = next(iter(answered))
@@ -305,7 +256,7 @@ def test_one_scrape_counts_every_workers_requests(served: ServerProc) -> None:
     seen: set[str] = set()
 
     def replaced() -> bool:
-        pid, counts, _ = _scrape(url)
+        pid, counts, _ = scrape(url)
         assert counts == {"200": sent}, (pid, counts)  # from the first scrape on
         seen.add(pid)
         return len(seen - both) == 1
@@ -316,8 +267,8 @@ def test_one_scrape_counts_every_workers_requests(served: ServerProc) -> None:
     # The supervisor forgot the dead worker's live gauges; its counters still count.
     assert not list(metrics_dir.glob(f"gauge_live*_{victim}.db"))
     assert (metrics_dir / f"counter_{victim}.db").is_file()
-    more = sum(_ask_info(url, item["id"], now).values())
-    poll(lambda: all(c == {"200": sent + more} for c in _counted(url, now).values()), 10,
+    more = sum(ask_info(url, item["id"], now).values())
+    poll(lambda: all(c == {"200": sent + more} for c in counted(url, now).values()), 10,
          f"a scrape of each worker to count all {sent + more} requests")
 
 
